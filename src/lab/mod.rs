@@ -1,0 +1,1 @@
+//! The lab (to be written).

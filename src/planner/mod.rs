@@ -1,0 +1,2 @@
+//! The planner (to be written).
+pub mod state;

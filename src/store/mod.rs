@@ -1,0 +1,109 @@
+//! The key-value store behind the subnet manager.
+//!
+//! Every backend (embedded SQLite here, etcd v3 later) offers the same small contract, modelled on
+//! etcd's: keys holding JSON text, a store-wide revision that grows with every change, per-key
+//! expiry, compare-and-create, and a watch that streams changes after a revision. Everything weft
+//! stores (network config, leases) is built on top of this trait, so the agent never knows which
+//! backend it talks to.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// A store-wide, monotonically increasing change counter (etcd's revision).
+pub type Revision = i64;
+
+/// One key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: String,
+    /// Revision at which the key was created (etcd's `create_revision`).
+    pub create_revision: Revision,
+    /// Revision of the last change to the key.
+    pub mod_revision: Revision,
+    /// When the key expires; `None` for keys that never do (the network config).
+    pub expires_at: Option<SystemTime>,
+}
+
+/// A consistent snapshot of every key under a prefix, and the revision it was taken at: a watch
+/// started from that revision misses nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    pub revision: Revision,
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Key created or changed.
+    Put(Entry),
+    /// Key deleted, by someone or by expiry.
+    Delete { key: String, revision: Revision },
+    /// The watch lost history (compaction, reconnect): the consumer must list again and diff.
+    Resync,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {store}: {message}")]
+    Backend { store: String, message: String },
+    #[error("store {store} is unreachable: {message}")]
+    Unavailable { store: String, message: String },
+    #[error("invalid store address {0:?}: expected sqlite:PATH")]
+    BadUrl(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short human description (`sqlite:/var/lib/weft/store.db`), for logs and errors.
+    fn describe(&self) -> String;
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+
+    /// Every live (unexpired) key starting with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError>;
+
+    /// Writes `key` unconditionally, without expiry.
+    async fn put(&self, key: &str, value: &str) -> Result<Revision, StoreError>;
+
+    /// Creates `key` only if it does not exist (etcd: txn on `create_revision == 0`).
+    /// `Ok(None)` when the key already exists.
+    async fn create(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<Entry>, StoreError>;
+
+    /// Rewrites `key` with `value` and a fresh `ttl`, only if its `mod_revision` is still
+    /// `expected`. `Ok(None)` when the key is gone or was changed by someone else.
+    async fn refresh(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        expected: Revision,
+    ) -> Result<Option<Entry>, StoreError>;
+
+    /// Deletes `key`; `Ok(false)` if it did not exist.
+    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Streams every change under `prefix` made after revision `after`, in revision order.
+    /// The channel closes if the store goes away; a `Resync` means history was lost.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<mpsc::Receiver<WatchEvent>, StoreError>;
+}
+
+/// Opens the store named by a `--store` value: `sqlite:PATH`.
+pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    match url.split_once(':') {
+        Some(("sqlite", path)) if !path.is_empty() => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
+        _ => Err(StoreError::BadUrl(url.to_string())),
+    }
+}
+
+/// Time left before `entry` expires (zero if already past), `None` if it never expires.
+pub fn remaining(entry: &Entry, now: SystemTime) -> Option<Duration> {
+    entry
+        .expires_at
+        .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
+}
