@@ -5,6 +5,7 @@
 //! `agent` (the daemon loop). `lab` builds a many-host cluster out of network namespaces.
 
 pub mod alloc;
+pub mod cli;
 pub mod config;
 pub mod kernel;
 pub mod lab;

@@ -1,1 +1,39 @@
-fn main() {}
+//! The `weft` command: the agent, store administration and the lab.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use weft::cli;
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "A flannel-compatible VXLAN overlay network agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the per-host agent (flanneld's role).
+    Agent(Box<cli::agent::AgentArgs>),
+    /// Administer networks and leases in the store.
+    #[command(subcommand)]
+    Net(cli::net::NetCommand),
+    /// Build a many-host overlay out of network namespaces on this machine.
+    #[command(subcommand)]
+    Lab(cli::lab::LabCommand),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Agent(args) => cli::agent::run(*args).await,
+            Command::Net(cmd) => cli::net::run(cmd).await,
+            Command::Lab(cmd) => cli::lab::run(cmd).await,
+        }
+    })
+}
