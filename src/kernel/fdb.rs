@@ -1,6 +1,6 @@
 //! VXLAN forwarding database entries (`bridge fdb ... self`), i.e. AF_BRIDGE neighbours.
 
-use super::{ignore_errnos, nl_error, Kernel, KernelError};
+use super::{ignore_errnos, is_permanent, nl_error, Kernel, KernelError};
 use crate::mac::Mac;
 use crate::planner::state::FdbEntry;
 use futures::TryStreamExt;
@@ -9,7 +9,7 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::AddressFamily;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 impl Kernel {
     /// Permanent unicast entries with a remote IPv4 destination on device `index`. Leaves out
@@ -69,10 +69,7 @@ impl Kernel {
 
 fn parse_fdb(m: &NeighbourMessage, index: u32) -> Option<FdbEntry> {
     let h = &m.header;
-    if h.family != AddressFamily::Bridge
-        || h.ifindex != index
-        || h.state != NeighbourState::Permanent
-    {
+    if h.family != AddressFamily::Bridge || h.ifindex != index || !is_permanent(h.state) {
         return None;
     }
     let (mut mac, mut dst) = (None, None);
@@ -80,6 +77,10 @@ fn parse_fdb(m: &NeighbourMessage, index: u32) -> Option<FdbEntry> {
         match a {
             NeighbourAttribute::LinkLayerAddress(l) => mac = Mac::from_slice(l),
             NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => dst = Some(*v4),
+            // In an AF_BRIDGE message the parser cannot tell NDA_DST's family: raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+            }
             _ => {}
         }
     }

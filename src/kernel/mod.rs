@@ -172,3 +172,10 @@ fn ignore_errnos(
         Ok(()) => Ok(()),
     }
 }
+
+/// NUD_PERMANENT is a bit, not a value: `bridge fdb add` without a state keyword stores
+/// NUD_PERMANENT|NUD_NOARP (0xc0), which the parser reports as `Other(192)`.
+fn is_permanent(state: netlink_packet_route::neighbour::NeighbourState) -> bool {
+    const NUD_PERMANENT: u16 = 0x80;
+    u16::from(state) & NUD_PERMANENT != 0
+}

@@ -1,6 +1,6 @@
 //! Permanent IPv4 neighbour (ARP) entries on the VXLAN device.
 
-use super::{ignore_errnos, nl_error, Kernel, KernelError};
+use super::{ignore_errnos, is_permanent, nl_error, Kernel, KernelError};
 use crate::mac::Mac;
 use crate::planner::state::NeighEntry;
 use futures::TryStreamExt;
@@ -73,8 +73,7 @@ impl Kernel {
 
 fn parse_neigh(m: &NeighbourMessage, index: u32) -> Option<NeighEntry> {
     let h = &m.header;
-    if h.family != AddressFamily::Inet || h.ifindex != index || h.state != NeighbourState::Permanent
-    {
+    if h.family != AddressFamily::Inet || h.ifindex != index || !is_permanent(h.state) {
         return None;
     }
     let (mut ip, mut mac) = (None, None);

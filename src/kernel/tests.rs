@@ -5,7 +5,7 @@ use super::*;
 use crate::planner::state::{FdbEntry, NeighEntry, RouteEntry, ROUTE_PROTO_WEFT};
 use ipnet::Ipv4Net;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -26,19 +26,6 @@ impl Netns {
         );
         run("ip", &["netns", "add", &name]);
         Netns { name }
-    }
-
-    /// `ip -n NS ARGS…`, which must succeed; returns stdout.
-    fn ip(&self, args: &str) -> String {
-        let mut v = vec!["-n", &self.name];
-        v.extend(args.split_whitespace());
-        run("ip", &v)
-    }
-
-    fn bridge(&self, args: &str) -> String {
-        let mut v = vec!["-n", &self.name];
-        v.extend(args.split_whitespace());
-        run("bridge", &v)
     }
 
     /// Runs `body` on a thread inside the namespace with its own current-thread runtime:
@@ -72,6 +59,20 @@ impl Drop for Netns {
     }
 }
 
+/// `ip -n NS ARGS…`, which must succeed; returns stdout.
+fn ip(ns: &str, args: &str) -> String {
+    let mut v = vec!["-n", ns];
+    v.extend(args.split_whitespace());
+    run("ip", &v)
+}
+
+/// `bridge -n NS ARGS…`, which must succeed; returns stdout.
+fn bridge(ns: &str, args: &str) -> String {
+    let mut v = vec!["-n", ns];
+    v.extend(args.split_whitespace());
+    run("bridge", &v)
+}
+
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
@@ -101,10 +102,10 @@ fn can_run() -> bool {
 /// A namespace with the underlay: veth va (192.0.2.1/24, up) <-> vb (up).
 fn underlay() -> Netns {
     let ns = Netns::new();
-    ns.ip("link add va type veth peer name vb");
-    ns.ip("addr add 192.0.2.1/24 dev va");
-    ns.ip("link set va up");
-    ns.ip("link set vb up");
+    ip(&ns.name, "link add va type veth peer name vb");
+    ip(&ns.name, "addr add 192.0.2.1/24 dev va");
+    ip(&ns.name, "link set va up");
+    ip(&ns.name, "link set vb up");
     ns
 }
 
@@ -168,7 +169,7 @@ fn links_and_vxlan() {
         );
         assert!(!vx.up && !vx.running);
         assert!(vx.mac.is_some_and(|m| m.is_valid_unicast()));
-        let shown = run("ip", &["-n", &name, "-d", "link", "show", VX]);
+        let shown = ip(&name, "-d link show weft.1");
         assert!(
             shown.contains("vxlan id 1 local 192.0.2.1 dev va"),
             "{shown}"
@@ -222,27 +223,30 @@ fn addresses() {
     ns.run(move || async move {
         let (k, va, vx) = vxlan_up().await;
         let a: Ipv4Net = "10.0.7.0/32".parse().unwrap();
-        let ip = IpAddr::V4(a.addr());
+        let addr = IpAddr::V4(a.addr());
         k.ensure_address(vx, a).await.unwrap();
         k.ensure_address(vx, a).await.unwrap();
-        assert!(k.addresses(Some(vx)).await.unwrap().contains(&(vx, ip, 32)));
+        assert!(k
+            .addresses(Some(vx))
+            .await
+            .unwrap()
+            .contains(&(vx, addr, 32)));
         let all = k.addresses(None).await.unwrap();
-        assert!(all.contains(&(vx, ip, 32)));
+        assert!(all.contains(&(vx, addr, 32)));
         assert!(all.contains(&(va, "192.0.2.1".parse().unwrap(), 24)));
-        assert!(all
+        assert!(k
+            .addresses(Some(va))
+            .await
+            .unwrap()
             .iter()
-            .all(|(i, _, _)| *i != vx || all.iter().any(|x| x.0 == vx)));
-        let shown = run("ip", &["-n", &name, "addr", "show", "dev", VX]);
+            .all(|x| x.0 == va));
+        let shown = ip(&name, "addr show dev weft.1");
         assert!(shown.contains("inet 10.0.7.0/32"), "{shown}");
 
         k.remove_address(vx, a).await.unwrap();
         k.remove_address(vx, a).await.unwrap();
-        assert!(!k
-            .addresses(Some(vx))
-            .await
-            .unwrap()
-            .iter()
-            .any(|x| x.1 == ip));
+        let left = k.addresses(Some(vx)).await.unwrap();
+        assert!(!left.iter().any(|x| x.1 == addr), "{left:?}");
     });
 }
 
@@ -255,13 +259,8 @@ fn routes() {
     let name = ns.name.clone();
     ns.run(move || async move {
         let (k, va, vx) = vxlan_up().await;
-        let ip = |args: &str| {
-            let mut v = vec!["-n", name.as_str()];
-            v.extend(args.split_whitespace());
-            run("ip", &v)
-        };
         assert_eq!(k.default_route_oif().await.unwrap(), None);
-        ip("route add default via 192.0.2.254 dev va");
+        ip(&name, "route add default via 192.0.2.254 dev va");
         assert_eq!(k.default_route_oif().await.unwrap(), Some(va));
 
         let r = RouteEntry {
@@ -274,14 +273,14 @@ fn routes() {
         k.ensure_route(&r).await.unwrap();
         k.ensure_route(&r).await.unwrap();
         assert_eq!(k.routes(vx).await.unwrap(), vec![r]);
-        let shown = ip("route show dev weft.1");
+        let shown = ip(&name, "route show dev weft.1");
         assert!(
             shown.contains("10.0.2.0/24 via 10.0.2.0 proto 87 onlink"),
             "{shown}"
         );
 
         // Somebody else's route on the device is reported too, with its protocol.
-        ip("route add 10.0.3.0/24 dev weft.1 proto boot");
+        ip(&name, "route add 10.0.3.0/24 dev weft.1 proto boot");
         let other = RouteEntry {
             dst: "10.0.3.0/24".parse().unwrap(),
             gateway: Ipv4Addr::UNSPECIFIED,
@@ -329,11 +328,6 @@ fn neighs() {
     let name = ns.name.clone();
     ns.run(move || async move {
         let (k, va, vx) = vxlan_up().await;
-        let ip = |args: &str| {
-            let mut v = vec!["-n", name.as_str()];
-            v.extend(args.split_whitespace());
-            run("ip", &v)
-        };
         let n = NeighEntry {
             ip: "10.0.2.0".parse().unwrap(),
             mac: mac("02:00:00:00:00:02"),
@@ -341,10 +335,16 @@ fn neighs() {
         k.ensure_neigh(vx, &n).await.unwrap();
         k.ensure_neigh(vx, &n).await.unwrap();
         // Not ours: not permanent, or on another device.
-        ip("neigh add 10.0.5.5 lladdr 02:00:00:00:00:55 dev weft.1 nud reachable");
-        ip("neigh add 192.0.2.7 lladdr 02:00:00:00:00:07 dev va nud permanent");
+        ip(
+            &name,
+            "neigh add 10.0.5.5 lladdr 02:00:00:00:00:55 dev weft.1 nud reachable",
+        );
+        ip(
+            &name,
+            "neigh add 192.0.2.7 lladdr 02:00:00:00:00:07 dev va nud permanent",
+        );
         assert_eq!(k.neighs(vx).await.unwrap(), vec![n]);
-        let shown = ip("neigh show dev weft.1");
+        let shown = ip(&name, "neigh show dev weft.1");
         assert!(
             shown.contains("10.0.2.0 lladdr 02:00:00:00:00:02 PERMANENT"),
             "{shown}"
@@ -360,7 +360,7 @@ fn neighs() {
         k.remove_neigh(vx, &n2).await.unwrap();
         k.remove_neigh(vx, &n2).await.unwrap();
         assert_eq!(k.neighs(vx).await.unwrap(), vec![]);
-        assert!(!ip("neigh show dev weft.1").contains("10.0.2.0"));
+        assert!(!ip(&name, "neigh show dev weft.1").contains("10.0.2.0"));
     });
 }
 
@@ -373,23 +373,27 @@ fn fdbs() {
     let name = ns.name.clone();
     ns.run(move || async move {
         let (k, _va, vx) = vxlan_up().await;
-        let bridge = |args: &str| {
-            let mut v = vec!["-n", name.as_str()];
-            v.extend(args.split_whitespace());
-            run("bridge", &v)
-        };
         let f = FdbEntry {
             mac: mac("02:00:00:00:00:02"),
             dst: "192.0.2.2".parse().unwrap(),
         };
         k.ensure_fdb(vx, &f).await.unwrap();
         k.ensure_fdb(vx, &f).await.unwrap();
-        // Not ours: not permanent, the all-zeros default destination.
-        bridge("fdb add 02:00:00:00:00:44 dev weft.1 dst 192.0.2.4 self dynamic");
-        bridge("fdb add 02:00:00:00:00:45 dev weft.1 dst 192.0.2.5 self");
-        bridge("fdb append 00:00:00:00:00:00 dev weft.1 dst 192.0.2.9 self permanent");
+        // Not ours: not permanent (`static` is NUD_NOARP alone), the all-zeros default dst.
+        bridge(
+            &name,
+            "fdb add 02:00:00:00:00:44 dev weft.1 dst 192.0.2.4 self dynamic",
+        );
+        bridge(
+            &name,
+            "fdb add 02:00:00:00:00:45 dev weft.1 dst 192.0.2.5 self static",
+        );
+        bridge(
+            &name,
+            "fdb append 00:00:00:00:00:00 dev weft.1 dst 192.0.2.9 self permanent",
+        );
         assert_eq!(k.fdbs(vx).await.unwrap(), vec![f]);
-        let shown = bridge("fdb show dev weft.1");
+        let shown = bridge(&name, "fdb show dev weft.1");
         assert!(
             shown.contains("02:00:00:00:00:02 dst 192.0.2.2 self permanent"),
             "{shown}"
@@ -406,7 +410,19 @@ fn fdbs() {
         k.remove_fdb(vx, &f2).await.unwrap();
         k.remove_fdb(vx, &f2).await.unwrap();
         assert_eq!(k.fdbs(vx).await.unwrap(), vec![]);
-        assert!(!bridge("fdb show dev weft.1").contains("02:00:00:00:00:02"));
+        // iproute2's default state is NUD_PERMANENT|NUD_NOARP: permanent too.
+        bridge(
+            &name,
+            "fdb add 02:00:00:00:00:46 dev weft.1 dst 192.0.2.6 self",
+        );
+        let f3 = FdbEntry {
+            mac: mac("02:00:00:00:00:46"),
+            dst: "192.0.2.6".parse().unwrap(),
+        };
+        assert_eq!(k.fdbs(vx).await.unwrap(), vec![f3]);
+        k.remove_fdb(vx, &f3).await.unwrap();
+        assert_eq!(k.fdbs(vx).await.unwrap(), vec![]);
+        assert!(!bridge(&name, "fdb show dev weft.1").contains("02:00:00:00:00:02"));
     });
 }
 
@@ -440,12 +456,7 @@ fn monitor_events() {
         let k = Kernel::connect().await.unwrap();
         let va = k.link_by_name("va").await.unwrap().unwrap().index;
         let mut rx = monitor().unwrap();
-        let ip = |args: &str| {
-            let mut v = vec!["-n", name.as_str()];
-            v.extend(args.split_whitespace());
-            run("ip", &v)
-        };
-        ip("link add d0 type dummy");
+        ip(&name, "link add d0 type veth peer name d1");
         let d0 = k.link_by_name("d0").await.unwrap().unwrap().index;
         expect_event(&mut rx, |e| {
             *e == KernelEvent::Link {
@@ -454,7 +465,7 @@ fn monitor_events() {
             }
         })
         .await;
-        ip("link del d0");
+        ip(&name, "link del d0");
         expect_event(&mut rx, |e| {
             *e == KernelEvent::Link {
                 index: d0,
@@ -463,15 +474,66 @@ fn monitor_events() {
         })
         .await;
 
-        ip("route add 10.0.4.0/24 via 192.0.2.4 dev va");
-        ip("route del 10.0.4.0/24 via 192.0.2.4 dev va");
-        // Both the add and the delete say which device; wait for two.
+        ip(&name, "route add 10.0.4.0/24 via 192.0.2.4 dev va");
         expect_event(&mut rx, |e| *e == KernelEvent::Route { oif: Some(va) }).await;
+        ip(&name, "route del 10.0.4.0/24 via 192.0.2.4 dev va");
         expect_event(&mut rx, |e| *e == KernelEvent::Route { oif: Some(va) }).await;
 
-        ip("addr add 192.0.2.77/24 dev va");
+        ip(&name, "addr add 192.0.2.77/24 dev va");
         expect_event(&mut rx, |e| *e == KernelEvent::Address { index: va }).await;
-        ip("neigh add 192.0.2.8 lladdr 02:00:00:00:00:08 dev va nud permanent");
+        ip(
+            &name,
+            "neigh add 192.0.2.8 lladdr 02:00:00:00:00:08 dev va nud permanent",
+        );
         expect_event(&mut rx, |e| *e == KernelEvent::Neigh { index: va }).await;
+    });
+}
+
+/// 10,000 peers: 30,000 ensure requests, then one dump per kind. Ignored by default (slow in
+/// debug builds); run with `cargo test --lib kernel -- --ignored`.
+#[test]
+#[ignore]
+fn ten_thousand_peers() {
+    if !can_run() {
+        return;
+    }
+    let ns = underlay();
+    ns.run(move || async move {
+        let (k, _va, vx) = vxlan_up().await;
+        let t = std::time::Instant::now();
+        for i in 0..10_000u32 {
+            let [_, _, a, b] = i.to_be_bytes();
+            let gw = Ipv4Addr::new(10, 1, a, b);
+            let m = Mac([2, 0, 0, 0, a, b]);
+            let r = RouteEntry {
+                dst: Ipv4Net::new(Ipv4Addr::new(10, 100 + a, b, 0), 24).unwrap(),
+                gateway: gw,
+                oif: vx,
+                onlink: true,
+                protocol: ROUTE_PROTO_WEFT,
+            };
+            k.ensure_neigh(vx, &NeighEntry { ip: gw, mac: m })
+                .await
+                .unwrap();
+            k.ensure_fdb(
+                vx,
+                &FdbEntry {
+                    mac: m,
+                    dst: Ipv4Addr::new(198, 51, a, b),
+                },
+            )
+            .await
+            .unwrap();
+            k.ensure_route(&r).await.unwrap();
+        }
+        let ensured = t.elapsed();
+        let t = std::time::Instant::now();
+        assert_eq!(k.neighs(vx).await.unwrap().len(), 10_000);
+        assert_eq!(k.fdbs(vx).await.unwrap().len(), 10_000);
+        assert_eq!(k.routes(vx).await.unwrap().len(), 10_000);
+        eprintln!(
+            "30,000 ensures in {ensured:?}; 3 dumps in {:?}",
+            t.elapsed()
+        );
     });
 }
