@@ -24,6 +24,7 @@ impl Netns {
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         );
+        sweep_stale();
         run("ip", &["netns", "add", &name]);
         Netns { name }
     }
@@ -49,6 +50,26 @@ impl Netns {
             std::panic::resume_unwind(panic);
         }
     }
+}
+
+/// Deletes `wk-<pid>-*` namespaces whose test process died without running its guards
+/// (killed by a timeout, say).
+fn sweep_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(dir) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix("wk-").and_then(|r| r.split('-').next());
+            if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+                }
+            }
+        }
+    });
 }
 
 impl Drop for Netns {
@@ -486,6 +507,17 @@ fn monitor_events() {
             "neigh add 192.0.2.8 lladdr 02:00:00:00:00:08 dev va nud permanent",
         );
         expect_event(&mut rx, |e| *e == KernelEvent::Neigh { index: va }).await;
+
+        // A consumer that falls more than the queue behind gets an Overrun, not a stall.
+        for i in 0..5_000u32 {
+            let [_, _, a, b] = i.to_be_bytes();
+            let n = NeighEntry {
+                ip: Ipv4Addr::new(10, 0, a, b),
+                mac: Mac([2, 0, 0, 0, a, b]),
+            };
+            k.ensure_neigh(va, &n).await.unwrap();
+        }
+        expect_event(&mut rx, |e| *e == KernelEvent::Overrun).await;
     });
 }
 
