@@ -178,6 +178,45 @@ async fn expiry_hides_then_deletes_with_event() {
 }
 
 #[tokio::test]
+async fn an_expired_key_can_be_created_again() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let old = store
+        .create("lease/a", "old", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let new = store
+        .create("lease/a", "new", LONG)
+        .await
+        .unwrap()
+        .expect("expired key is absent");
+    // Revision old+1 is the expiry's Delete, old+2 the new key.
+    assert_eq!(new.create_revision, old.mod_revision + 2);
+    let mut rx = store.watch("lease/", old.mod_revision).await.unwrap();
+    assert!(matches!(next(&mut rx, 3).await, WatchEvent::Delete { .. }));
+    assert_eq!(next(&mut rx, 3).await, WatchEvent::Put(new));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_watchers_do_not_wake_each_other() {
+    let dir = TempDir::new().unwrap();
+    let (a, b) = (open(&dir), open(&dir));
+    let _wa = a.watch("", 0).await.unwrap();
+    let _wb = b.watch("", 0).await.unwrap();
+    a.put("x", "1").await.unwrap();
+    let (ta, tb) = (a.inner.subscribe().unwrap(), b.inner.subscribe().unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (ga, gb) = (*ta.borrow(), *tb.borrow());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (da, db) = (ta.borrow().wrapping_sub(ga), tb.borrow().wrapping_sub(gb));
+    eprintln!("notifier wake-ups in 2.5 s idle: {da} and {db}");
+    // Only the 1 s fallback poll: reads (which write -shm) must not wake anyone.
+    assert!(da <= 4 && db <= 4, "{da} {db}");
+}
+
+#[tokio::test]
 async fn expiry_is_purged_by_a_watcher_without_any_write() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
