@@ -46,9 +46,29 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let mut conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_handler(Some(busy_waiter()))?;
     retry_while_busy(|| init(&mut conn))?;
     Ok(conn)
+}
+
+/// Waits for another process's lock for up to `BUSY_TIMEOUT`, re-trying every ~1 ms.
+///
+/// SQLite's own `busy_timeout` backs off to sleeps of 25-100 ms; with dozens of agents writing
+/// at the same moment (all starting together), that alone would blow the convergence budget.
+/// Writes are short, so retrying often is cheap; the jitter stops waiters moving in lockstep.
+fn busy_waiter() -> impl FnMut(i32) -> bool + Send + 'static {
+    let mut started = Instant::now();
+    move |attempt| {
+        if attempt == 0 {
+            started = Instant::now();
+        }
+        if started.elapsed() >= BUSY_TIMEOUT {
+            return false;
+        }
+        let base = if attempt < 20 { 200 } else { 1000 };
+        std::thread::sleep(Duration::from_micros(base + rand::random::<u64>() % 300));
+        true
+    }
 }
 
 fn init(conn: &mut Connection) -> rusqlite::Result<()> {

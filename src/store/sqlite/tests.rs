@@ -578,3 +578,47 @@ proptest::proptest! {
         });
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Many agents on one file (each store has its own connection and inotify, as a process would).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_agents_converge() {
+    // 25, not 50: all tests share the per-user limit of 128 inotify instances.
+    const AGENTS: usize = 25;
+    let dir = TempDir::new().unwrap();
+    let stores: Vec<Arc<SqliteStore>> = (0..AGENTS).map(|_| Arc::new(open(&dir))).collect();
+    let mut watches = Vec::new();
+    for s in &stores {
+        watches.push(s.watch("lease/", 0).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let creates: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let s = Arc::clone(s);
+            tokio::spawn(async move { s.create(&format!("lease/{i}"), "x", LONG).await })
+        })
+        .collect();
+    for c in creates {
+        assert!(c.await.unwrap().unwrap().is_some());
+    }
+    let writes_done = start.elapsed();
+    let seen_all = watches.into_iter().map(|mut rx| {
+        tokio::spawn(async move {
+            for _ in 0..AGENTS {
+                assert!(matches!(next(&mut rx, 5).await, WatchEvent::Put(_)));
+            }
+            start.elapsed()
+        })
+    });
+    let mut worst = Duration::ZERO;
+    for w in seen_all.collect::<Vec<_>>() {
+        worst = worst.max(w.await.unwrap());
+    }
+    eprintln!(
+        "{AGENTS} agents: all creates done in {writes_done:?}, every watcher saw all in {worst:?}"
+    );
+}
