@@ -4,6 +4,7 @@
 //! desired vs observed kernel state → operations) → `kernel` (netlink executor and observer) →
 //! `agent` (the daemon loop). `lab` builds a many-host cluster out of network namespaces.
 
+pub mod agent;
 pub mod alloc;
 pub mod cli;
 pub mod config;

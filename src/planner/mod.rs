@@ -1,2 +1,101 @@
-//! The planner (to be written).
+//! The planner: a pure function from (peers wanted, kernel state observed) to the operations
+//! that make the kernel match. Everything subtle is decided here, where it can be tested
+//! without root; the executor in `kernel` only carries operations out.
+
+pub mod peers;
 pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+use ipnet::Ipv4Net;
+use peers::Peer;
+use state::{FdbEntry, NeighEntry, Observed, RouteEntry, ROUTE_PROTO_WEFT};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// One kernel change. `Ensure*` create or replace; `Remove*` tolerate absence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    RemoveNeigh(NeighEntry),
+    RemoveFdb(FdbEntry),
+    RemoveRoute(RouteEntry),
+    EnsureNeigh(NeighEntry),
+    EnsureFdb(FdbEntry),
+    EnsureRoute(RouteEntry),
+}
+
+impl Op {
+    /// `(kind, action)` labels, e.g. `("route", "ensure")`, for logs and metrics.
+    pub fn labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Op::RemoveNeigh(_) => ("neigh", "remove"),
+            Op::RemoveFdb(_) => ("fdb", "remove"),
+            Op::RemoveRoute(_) => ("route", "remove"),
+            Op::EnsureNeigh(_) => ("neigh", "ensure"),
+            Op::EnsureFdb(_) => ("fdb", "ensure"),
+            Op::EnsureRoute(_) => ("route", "ensure"),
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::RemoveNeigh(n) | Op::EnsureNeigh(n) => write!(f, "neigh {} lladdr {} permanent", n.ip, n.mac),
+            Op::RemoveFdb(e) | Op::EnsureFdb(e) => write!(f, "fdb {} dst {} self permanent", e.mac, e.dst),
+            Op::RemoveRoute(r) | Op::EnsureRoute(r) => {
+                write!(f, "route {} via {}{} proto {}", r.dst, r.gateway, if r.onlink { " onlink" } else { "" }, r.protocol)
+            }
+        }
+    }
+}
+
+/// The three entries a peer needs on device `oif`, in flannel's order: neighbour, FDB, route.
+pub fn peer_entries(peer: &Peer, oif: u32) -> (NeighEntry, FdbEntry, RouteEntry) {
+    (
+        NeighEntry { ip: peer.vtep_ip(), mac: peer.vtep_mac },
+        FdbEntry { mac: peer.vtep_mac, dst: peer.public_ip },
+        RouteEntry { dst: peer.subnet, gateway: peer.vtep_ip(), oif, onlink: true, protocol: ROUTE_PROTO_WEFT },
+    )
+}
+
+/// The operations that turn `observed` (the device's entries) into exactly the peers' entries.
+///
+/// Ownership: weft owns permanent neighbours on its device inside `network`, permanent unicast
+/// FDB entries on its device, and routes carrying `ROUTE_PROTO_WEFT`. Anything else is left
+/// alone, except that a route another agent left for a subnet we now serve is replaced.
+/// Removals come first (neighbour, FDB, route), then additions in the same order, so a changed
+/// peer never has two FDB entries for one MAC.
+pub fn plan(network: Ipv4Net, oif: u32, peers: &[Peer], observed: &Observed) -> Vec<Op> {
+    let mut want_neigh = BTreeMap::new();
+    let mut want_fdb = BTreeMap::new();
+    let mut want_route = BTreeMap::new();
+    for p in peers {
+        let (n, f, r) = peer_entries(p, oif);
+        want_neigh.insert(n.ip, n);
+        want_fdb.insert(f.mac, f);
+        want_route.insert(r.dst, r);
+    }
+
+    let mut ops = Vec::new();
+    let have_neigh: BTreeSet<_> = observed.neighs.iter().filter(|n| network.contains(&n.ip)).copied().collect();
+    let have_fdb: BTreeSet<_> = observed.fdbs.iter().copied().collect();
+    let have_route: BTreeSet<_> = observed.routes.iter().filter(|r| r.oif == oif).copied().collect();
+
+    // Removals: owned entries no peer wants (a changed MAC or IP leaves the old one here).
+    ops.extend(have_neigh.iter().filter(|n| !want_neigh.contains_key(&n.ip)).map(|n| Op::RemoveNeigh(*n)));
+    ops.extend(have_fdb.iter().filter(|f| want_fdb.get(&f.mac) != Some(*f)).map(|f| Op::RemoveFdb(*f)));
+    ops.extend(
+        have_route
+            .iter()
+            .filter(|r| r.protocol == ROUTE_PROTO_WEFT && !want_route.contains_key(&r.dst))
+            .map(|r| Op::RemoveRoute(*r)),
+    );
+
+    // Additions and corrections.
+    ops.extend(want_neigh.values().filter(|n| !have_neigh.contains(n)).map(|n| Op::EnsureNeigh(*n)));
+    ops.extend(want_fdb.values().filter(|f| !have_fdb.contains(f)).map(|f| Op::EnsureFdb(*f)));
+    ops.extend(want_route.values().filter(|r| !have_route.contains(r)).map(|r| Op::EnsureRoute(*r)));
+    ops
+}

@@ -1,0 +1,115 @@
+//! Choosing the public interface and address, as flanneld does with `--iface`, `--iface-regex`,
+//! `--iface-can-reach` and `--public-ip`.
+
+use crate::kernel::{Kernel, LinkInfo};
+use regex::Regex;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+
+#[derive(Debug, Clone, Default)]
+pub struct IfaceOptions {
+    /// Interface names or IPv4 addresses, tried in order.
+    pub ifaces: Vec<String>,
+    /// Regular expressions matched against interface names and addresses, tried in order.
+    pub regexes: Vec<String>,
+    /// Pick the interface the kernel would use to reach this address.
+    pub can_reach: Option<Ipv4Addr>,
+    /// Address other hosts use to reach us, when it differs from the interface's (NAT).
+    pub public_ip: Option<Ipv4Addr>,
+}
+
+/// The interface VXLAN packets leave through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicIface {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// The interface's own address: the VXLAN device's `local`.
+    pub local_ip: Ipv4Addr,
+    /// The address written to our lease (`--public-ip`, else `local_ip`).
+    pub public_ip: Ipv4Addr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    #[error("--iface {0}: no such interface or address on this host")]
+    NotFound(String),
+    #[error("--iface-regex {0:?}: {1}")]
+    BadRegex(String, String),
+    #[error("--iface-regex: no interface name or address matches any of {0:?}")]
+    NoRegexMatch(Vec<String>),
+    #[error("--iface-can-reach {0}: no route from this host: {1}")]
+    Unreachable(Ipv4Addr, String),
+    #[error("interface {0} has no IPv4 address")]
+    NoAddress(String),
+    #[error("no default route: give --iface, --iface-regex or --iface-can-reach")]
+    NoDefaultRoute,
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+}
+
+pub async fn select(kernel: &Kernel, opts: &IfaceOptions) -> Result<PublicIface, IfaceError> {
+    let links = kernel.links().await?;
+    let addrs: Vec<(u32, Ipv4Addr)> = kernel
+        .addresses(None)
+        .await?
+        .into_iter()
+        .filter_map(|(i, ip, _)| match ip {
+            IpAddr::V4(v4) => Some((i, v4)),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let first_v4 = |index: u32| addrs.iter().find(|(i, _)| *i == index).map(|(_, ip)| *ip);
+    let by_ip = |ip: Ipv4Addr| addrs.iter().find(|(_, a)| *a == ip).map(|(i, _)| *i);
+    let link = |index: u32| links.iter().find(|l| l.index == index);
+
+    let (chosen, local): (&LinkInfo, Option<Ipv4Addr>) = if !opts.ifaces.is_empty() {
+        opts.ifaces
+            .iter()
+            .find_map(|want| match want.parse::<Ipv4Addr>() {
+                Ok(ip) => by_ip(ip).and_then(link).map(|l| (l, Some(ip))),
+                Err(_) => links.iter().find(|l| &l.name == want).map(|l| (l, first_v4(l.index))),
+            })
+            .ok_or_else(|| IfaceError::NotFound(opts.ifaces.join(",")))?
+    } else if !opts.regexes.is_empty() {
+        let mut found = None;
+        for pattern in &opts.regexes {
+            let re = Regex::new(pattern).map_err(|e| IfaceError::BadRegex(pattern.clone(), e.to_string()))?;
+            found = addrs
+                .iter()
+                .find(|(_, ip)| re.is_match(&ip.to_string()))
+                .and_then(|(i, ip)| link(*i).map(|l| (l, Some(*ip))))
+                .or_else(|| links.iter().find(|l| re.is_match(&l.name)).map(|l| (l, first_v4(l.index))));
+            if found.is_some() {
+                break;
+            }
+        }
+        found.ok_or_else(|| IfaceError::NoRegexMatch(opts.regexes.clone()))?
+    } else if let Some(dst) = opts.can_reach {
+        let src = source_for(dst).map_err(|e| IfaceError::Unreachable(dst, e.to_string()))?;
+        let index = by_ip(src).ok_or_else(|| IfaceError::Unreachable(dst, format!("source {src} is on no interface")))?;
+        (link(index).ok_or_else(|| IfaceError::NotFound(src.to_string()))?, Some(src))
+    } else {
+        let index = kernel.default_route_oif().await?.ok_or(IfaceError::NoDefaultRoute)?;
+        let l = link(index).ok_or(IfaceError::NoDefaultRoute)?;
+        (l, first_v4(index))
+    };
+
+    let local_ip = local.ok_or_else(|| IfaceError::NoAddress(chosen.name.clone()))?;
+    Ok(PublicIface {
+        index: chosen.index,
+        name: chosen.name.clone(),
+        mtu: chosen.mtu,
+        local_ip,
+        public_ip: opts.public_ip.unwrap_or(local_ip),
+    })
+}
+
+/// The source address the kernel would pick to reach `dst` (a connected UDP socket sends nothing).
+fn source_for(dst: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    sock.connect(SocketAddr::new(IpAddr::V4(dst), 9))?;
+    match sock.local_addr()?.ip() {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => Err(std::io::Error::other("IPv6 source")),
+    }
+}

@@ -1,0 +1,109 @@
+//! Acquiring and renewing this host's subnet lease (DESIGN: "Lease choice on start").
+
+use crate::alloc::{self, AllocError, Taken};
+use crate::config::NetworkConfig;
+use crate::lease::{lease_key, parse_subnet_key, vxlan_lease_value, Lease};
+use crate::mac::Mac;
+use crate::network::NetworkKeys;
+use crate::store::{Entry, Revision, Store, StoreError};
+use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
+use tracing::info;
+
+/// The lease this host holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnLease {
+    pub key: String,
+    pub subnet: Ipv4Net,
+    pub value: String,
+    pub revision: Revision,
+    pub expires_at: Option<SystemTime>,
+}
+
+impl OwnLease {
+    fn from_entry(entry: Entry, subnet: Ipv4Net) -> OwnLease {
+        OwnLease { key: entry.key, subnet, value: entry.value, revision: entry.mod_revision, expires_at: entry.expires_at }
+    }
+
+    /// When to renew: flannel renews an hour before expiry; short TTLs renew at half-life.
+    pub fn renew_at(&self, ttl: Duration) -> Option<SystemTime> {
+        let margin = (ttl / 2).min(Duration::from_secs(3600));
+        self.expires_at.map(|t| t - margin)
+    }
+}
+
+/// What the lease says about us.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseRequest<'a> {
+    pub keys: &'a NetworkKeys,
+    pub config: &'a NetworkConfig,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+    pub ttl: Duration,
+    /// Subnet to ask for first when no lease names our IP: the one we just lost, or the one in
+    /// the previous `subnet.env`.
+    pub preferred: Option<Ipv4Net>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Full(#[from] AllocError),
+    #[error("gave up leasing a subnet after {0} attempts lost to other hosts")]
+    Contention(usize),
+}
+
+const ATTEMPTS: usize = 20;
+
+pub async fn acquire(store: &dyn Store, req: &LeaseRequest<'_>) -> Result<OwnLease, AcquireError> {
+    let value = vxlan_lease_value(req.public_ip, req.config.backend.vni, req.vtep_mac);
+    let fits = |s: Ipv4Net| req.config.network.contains(&s) && s.prefix_len() == req.config.subnet_len;
+    for _ in 0..ATTEMPTS {
+        let listing = store.list(&req.keys.subnets()).await?;
+
+        // 1. A lease that already names our public IP: a restart, or a lease we lost track of.
+        let mine = listing.entries.iter().find_map(|e| {
+            let l = Lease::from_entry(e).ok()?;
+            (l.public_ip == req.public_ip && fits(l.subnet)).then_some((e, l.subnet))
+        });
+        if let Some((e, subnet)) = mine {
+            if let Some(entry) = store.refresh(&e.key, &value, req.ttl, e.mod_revision).await? {
+                info!(subnet = %subnet, key = %entry.key, "reusing the lease that names our public IP");
+                return Ok(OwnLease::from_entry(entry, subnet));
+            }
+            continue; // changed under us: look again
+        }
+
+        let taken = Taken::new(listing.entries.iter().filter_map(|e| parse_subnet_key(&e.key)));
+        // 2. The subnet we had before, if still free.
+        if let Some(subnet) = req.preferred.filter(|s| fits(*s) && !taken.overlaps(*s)) {
+            let key = lease_key(&req.keys.prefix, subnet);
+            if let Some(entry) = store.create(&key, &value, req.ttl).await? {
+                info!(subnet = %subnet, key = %key, "leased our previous subnet again");
+                return Ok(OwnLease::from_entry(entry, subnet));
+            }
+            continue;
+        }
+
+        // 3. A random free subnet, created only if absent.
+        let subnet = alloc::pick_free(req.config, &taken, &mut rand::thread_rng())?;
+        let key = lease_key(&req.keys.prefix, subnet);
+        if let Some(entry) = store.create(&key, &value, req.ttl).await? {
+            info!(subnet = %subnet, key = %key, "leased a new subnet");
+            return Ok(OwnLease::from_entry(entry, subnet));
+        }
+    }
+    Err(AcquireError::Contention(ATTEMPTS))
+}
+
+/// Extends the lease (and rewrites its value, e.g. a new VTEP MAC). `Ok(None)`: the lease was
+/// deleted or taken by someone else meanwhile.
+pub async fn renew(store: &dyn Store, own: &OwnLease, value: &str, ttl: Duration) -> Result<Option<OwnLease>, StoreError> {
+    Ok(store
+        .refresh(&own.key, value, ttl, own.revision)
+        .await?
+        .map(|e| OwnLease::from_entry(e, own.subnet)))
+}

@@ -1,0 +1,468 @@
+//! The per-host agent: one task that owns the host's state and reconciles it.
+//!
+//! Inputs: the store (listed, then watched), kernel events for our device and public interface,
+//! a periodic resync and the lease renewal deadline. Every input leads to the same `step`:
+//! config → public interface → device → lease → address and `subnet.env` → peers. Nothing is ever
+//! flushed; each step only diffs observed against desired state, so a restart drops no packet.
+
+pub mod device;
+pub mod iface;
+pub mod lease;
+mod notes;
+mod reconcile;
+
+use crate::config::NetworkConfig;
+use crate::kernel::{self, Kernel, KernelError, KernelEvent, LinkInfo, VxlanSpec};
+use crate::lease::vxlan_lease_value;
+use crate::network::{device_name, NetworkKeys};
+use crate::store::{self, Entry, Store, StoreError, WatchEvent};
+use crate::subnet_env::SubnetEnv;
+use iface::{IfaceOptions, PublicIface};
+use ipnet::Ipv4Net;
+use lease::{LeaseRequest, OwnLease};
+use notes::Notes;
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `--store`, e.g. `sqlite:/var/lib/weft/store.db`.
+    pub store: String,
+    /// `--etcd-prefix`: where the network lives in the store.
+    pub prefix: String,
+    pub iface: IfaceOptions,
+    pub subnet_file: PathBuf,
+    pub lease_ttl: Duration,
+    pub resync_interval: Duration,
+    pub ip_masq: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Iface(#[from] iface::IfaceError),
+    #[error(transparent)]
+    Lease(#[from] lease::AcquireError),
+    #[error("device {0} has no MAC address")]
+    NoMac(String),
+    #[error("writing {path}: {source}")]
+    SubnetEnv { path: PathBuf, source: std::io::Error },
+}
+
+/// Runs the agent until `shutdown` completes. Leaves device, entries and lease in place.
+pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let store = store::open(&opts.store)?;
+    let kernel = Kernel::connect().await?;
+    let events = kernel::monitor()?;
+    Agent::new(opts, store, kernel).run(events, shutdown).await
+}
+
+struct Agent {
+    opts: AgentOptions,
+    store: Arc<dyn Store>,
+    kernel: Kernel,
+    keys: NetworkKeys,
+    /// The config text as last read from the store, and whether it has been evaluated.
+    config_text: Option<String>,
+    config_seen: bool,
+    /// The config the data plane follows: the last valid one.
+    config: Option<NetworkConfig>,
+    iface: Option<PublicIface>,
+    device: Option<LinkInfo>,
+    own: Option<OwnLease>,
+    /// Subnet to ask for first when (re)leasing.
+    preferred: Option<Ipv4Net>,
+    /// Lease keys → entries, kept current by the watch.
+    leases: BTreeMap<String, Entry>,
+    written_env: Option<SubnetEnv>,
+    notes: Notes,
+    logged_rejections: HashSet<(String, i64)>,
+    retry_at: Option<Instant>,
+}
+
+impl Agent {
+    fn new(opts: AgentOptions, store: Arc<dyn Store>, kernel: Kernel) -> Agent {
+        let keys = NetworkKeys::new(&opts.prefix);
+        let preferred = SubnetEnv::read(&opts.subnet_file).map(|e| e.subnet);
+        Agent {
+            opts,
+            store,
+            kernel,
+            keys,
+            config_text: None,
+            config_seen: false,
+            config: None,
+            iface: None,
+            device: None,
+            own: None,
+            preferred,
+            leases: BTreeMap::new(),
+            written_env: None,
+            notes: Notes::default(),
+            logged_rejections: HashSet::new(),
+            retry_at: None,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<KernelEvent>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let mut resync = tokio::time::interval(self.opts.resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = Duration::from_millis(100);
+        info!(store = %self.store.describe(), prefix = %self.keys.prefix, "agent starting");
+
+        'connect: loop {
+            let mut watch = match self.relist_and_watch().await {
+                Ok(w) => {
+                    backoff = Duration::from_millis(100);
+                    if self.notes.clear("store") {
+                        info!(store = %self.store.describe(), "store reachable again");
+                    }
+                    w
+                }
+                Err(e) => {
+                    if self.notes.raise("store", e.to_string()) {
+                        warn!(error = %e, "store unavailable; data plane kept as is, retrying");
+                    }
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(self.stopped()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue 'connect;
+                }
+            };
+            self.step().await;
+
+            loop {
+                let wake = self.next_wake();
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(self.stopped()),
+                    ev = watch.recv() => {
+                        let mut next = ev;
+                        loop {
+                            match next {
+                                None => {
+                                    warn!(store = %self.store.describe(), "store watch ended; reconnecting");
+                                    continue 'connect;
+                                }
+                                Some(WatchEvent::Resync) => {
+                                    info!("store history lost; listing again");
+                                    continue 'connect;
+                                }
+                                Some(ev) => self.apply_event(ev),
+                            }
+                            match watch.try_recv() {
+                                Ok(ev) => next = Some(ev),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    ev = events.recv() => {
+                        let Some(ev) = ev else {
+                            error!("kernel event monitor stopped; reopening it");
+                            events = kernel::monitor()?;
+                            continue;
+                        };
+                        let mut relevant = self.is_relevant(&ev);
+                        // Coalesce a burst (our own changes cause many) into one step.
+                        while let Ok(ev) = events.try_recv() {
+                            relevant |= self.is_relevant(&ev);
+                        }
+                        if !relevant {
+                            continue;
+                        }
+                    }
+                    _ = resync.tick() => {}
+                    _ = tokio::time::sleep_until(wake) => {}
+                }
+                self.step().await;
+            }
+        }
+    }
+
+    fn stopped(&self) {
+        info!("shutting down; device, entries and lease stay in place");
+    }
+
+    async fn relist_and_watch(&mut self) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {
+        let listing = self.store.list(&format!("{}/", self.keys.prefix)).await?;
+        let subnets = self.keys.subnets();
+        let config_key = self.keys.config();
+        let mut config_text = None;
+        self.leases.clear();
+        for e in listing.entries {
+            if e.key == config_key {
+                config_text = Some(e.value);
+            } else if e.key.starts_with(&subnets) {
+                self.leases.insert(e.key.clone(), e);
+            }
+        }
+        if config_text != self.config_text {
+            self.config_text = config_text;
+            self.config_seen = false;
+        }
+        if let Some(own) = &self.own {
+            match self.leases.get(&own.key) {
+                Some(e) if e.value == own.value => {
+                    let e = e.clone();
+                    self.track_own(&e);
+                }
+                _ => self.lose_lease("our lease is gone from the store"),
+            }
+        }
+        self.store.watch(&format!("{}/", self.keys.prefix), listing.revision).await
+    }
+
+    fn apply_event(&mut self, ev: WatchEvent) {
+        match ev {
+            WatchEvent::Put(e) if e.key == self.keys.config() => {
+                self.config_text = Some(e.value);
+                self.config_seen = false;
+            }
+            WatchEvent::Delete { key, .. } if key == self.keys.config() => {
+                warn!(key = %key, "network config deleted; keeping the current data plane");
+                self.config_text = None;
+                self.config_seen = false;
+            }
+            WatchEvent::Put(e) if e.key.starts_with(&self.keys.subnets()) => {
+                if self.own.as_ref().is_some_and(|o| o.key == e.key) {
+                    if self.own.as_ref().is_some_and(|o| o.value == e.value) {
+                        self.track_own(&e);
+                    } else {
+                        self.lose_lease("our lease was overwritten by someone else");
+                    }
+                }
+                self.leases.insert(e.key.clone(), e);
+            }
+            WatchEvent::Delete { key, .. } if key.starts_with(&self.keys.subnets()) => {
+                if self.own.as_ref().is_some_and(|o| o.key == key) {
+                    self.lose_lease("our lease was deleted");
+                }
+                self.leases.remove(&key);
+                self.logged_rejections.retain(|(k, _)| *k != key);
+            }
+            _ => {}
+        }
+    }
+
+    fn track_own(&mut self, e: &Entry) {
+        if let Some(own) = &mut self.own {
+            if e.mod_revision >= own.revision {
+                own.revision = e.mod_revision;
+                own.expires_at = e.expires_at;
+            }
+        }
+    }
+
+    fn lose_lease(&mut self, why: &str) {
+        if let Some(own) = self.own.take() {
+            warn!(subnet = %own.subnet, key = %own.key, "{why}; leasing again (data plane kept)");
+            self.preferred = Some(own.subnet);
+        }
+    }
+
+    fn is_relevant(&self, ev: &KernelEvent) -> bool {
+        let dev = self.device.as_ref().map(|d| d.index);
+        let iface = self.iface.as_ref().map(|i| i.index);
+        match *ev {
+            KernelEvent::Link { index, .. } | KernelEvent::Address { index } => {
+                Some(index) == dev || Some(index) == iface
+            }
+            KernelEvent::Route { oif } => oif.is_none() || oif == dev || oif == iface,
+            KernelEvent::Neigh { index } => Some(index) == dev,
+            KernelEvent::Overrun => true,
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let renew = self
+            .own
+            .as_ref()
+            .and_then(|o| o.renew_at(self.opts.lease_ttl))
+            .map(|t| Instant::now() + t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
+        [Some(far), renew, self.retry_at].into_iter().flatten().min().unwrap_or(far)
+    }
+
+    /// One pass over everything; failures are logged once and retried shortly.
+    async fn step(&mut self) {
+        self.retry_at = None;
+        match self.try_step().await {
+            Ok(()) => {
+                if self.notes.clear("step") {
+                    info!("recovered: the host is converged again");
+                }
+            }
+            Err(e) => {
+                if self.notes.raise("step", e.to_string()) {
+                    error!(error = %e, "reconcile failed; retrying every second");
+                }
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    async fn try_step(&mut self) -> Result<(), AgentError> {
+        let iface = match &self.iface {
+            Some(i) => i.clone(),
+            None => {
+                let i = iface::select(&self.kernel, &self.opts.iface).await?;
+                info!(iface = %i.name, local_ip = %i.local_ip, public_ip = %i.public_ip, mtu = i.mtu, "using public interface");
+                self.iface = Some(i.clone());
+                i
+            }
+        };
+        self.evaluate_config(&iface);
+        let Some(cfg) = self.config.clone() else { return Ok(()) };
+
+        let spec = VxlanSpec {
+            name: device_name(cfg.backend.vni),
+            vni: cfg.backend.vni,
+            local: iface.local_ip,
+            link: iface.index,
+            port: cfg.backend.port,
+            mtu: cfg.device_mtu(&iface.name, iface.mtu).unwrap_or(iface.mtu.saturating_sub(50)),
+            learning: cfg.backend.learning,
+            gbp: cfg.backend.gbp,
+        };
+        let link = device::ensure_device(&self.kernel, &spec).await?;
+        self.device = Some(link.clone());
+        let mac = link.mac.ok_or_else(|| AgentError::NoMac(spec.name.clone()))?;
+        let value = vxlan_lease_value(iface.public_ip, cfg.backend.vni, mac);
+
+        if let Some(own) = &self.own {
+            let fits = cfg.network.contains(&own.subnet) && own.subnet.prefix_len() == cfg.subnet_len;
+            if !fits {
+                warn!(subnet = %own.subnet, network = %cfg.network, "our lease does not fit the new network config; releasing it");
+                let key = own.key.clone();
+                self.own = None;
+                self.preferred = None;
+                self.store.delete(&key).await?;
+            }
+        }
+        self.keep_lease(&cfg, &iface, mac, &value).await?;
+        let Some(own) = self.own.clone() else { return Ok(()) };
+
+        device::ensure_address(&self.kernel, &link, own.subnet).await?;
+        self.write_subnet_env(&cfg, own.subnet, spec.mtu)?;
+        self.reconcile_peers(&cfg, &iface, &link, &own).await
+    }
+
+    /// Adopts the store's config if it is valid; otherwise says why, once, and keeps the old one.
+    fn evaluate_config(&mut self, iface: &PublicIface) {
+        if self.config_seen {
+            return;
+        }
+        self.config_seen = true;
+        let key = self.keys.config();
+        let Some(text) = &self.config_text else {
+            if self.config.is_none() && self.notes.raise("config", "missing".into()) {
+                info!(key = %key, "waiting for the network config to be written to the store");
+            }
+            return;
+        };
+        let parsed = NetworkConfig::parse(text).and_then(|c| c.device_mtu(&iface.name, iface.mtu).map(|_| c));
+        match parsed {
+            Ok(cfg) => {
+                self.notes.clear("config");
+                if self.config.as_ref() != Some(&cfg) {
+                    info!(
+                        network = %cfg.network, subnet_len = cfg.subnet_len, vni = cfg.backend.vni,
+                        port = cfg.backend.port, "network config accepted"
+                    );
+                    self.config = Some(cfg);
+                }
+            }
+            Err(e) => {
+                if self.notes.raise("config", e.to_string()) {
+                    if self.config.is_some() {
+                        error!(key = %key, error = %e, "invalid network config; keeping the current data plane");
+                    } else {
+                        error!(key = %key, error = %e, "invalid network config; waiting for a valid one");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Acquires a lease if we hold none, rewrites it if our MAC changed, renews it when due.
+    async fn keep_lease(
+        &mut self,
+        cfg: &NetworkConfig,
+        iface: &PublicIface,
+        mac: crate::mac::Mac,
+        value: &str,
+    ) -> Result<(), AgentError> {
+        let ttl = self.opts.lease_ttl;
+        if let Some(own) = &self.own {
+            let due = own.renew_at(ttl).is_some_and(|t| t <= SystemTime::now());
+            if own.value == value && !due {
+                return Ok(());
+            }
+            match lease::renew(self.store.as_ref(), own, value, ttl).await? {
+                Some(renewed) => {
+                    info!(subnet = %renewed.subnet, expires_in = ?ttl, "lease renewed");
+                    self.own = Some(renewed);
+                    return Ok(());
+                }
+                None => self.lose_lease("our lease changed in the store before we could renew it"),
+            }
+        }
+        let req = LeaseRequest {
+            keys: &self.keys,
+            config: cfg,
+            public_ip: iface.public_ip,
+            vtep_mac: mac,
+            ttl,
+            preferred: self.preferred,
+        };
+        match lease::acquire(self.store.as_ref(), &req).await {
+            Ok(own) => {
+                self.notes.clear("lease");
+                self.preferred = Some(own.subnet);
+                self.leases.insert(
+                    own.key.clone(),
+                    Entry {
+                        key: own.key.clone(),
+                        value: own.value.clone(),
+                        create_revision: own.revision,
+                        mod_revision: own.revision,
+                        expires_at: own.expires_at,
+                    },
+                );
+                self.own = Some(own);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn write_subnet_env(&mut self, cfg: &NetworkConfig, subnet: Ipv4Net, mtu: u32) -> Result<(), AgentError> {
+        let env = SubnetEnv { network: cfg.network, subnet, mtu, ipmasq: self.opts.ip_masq };
+        if self.written_env.as_ref() == Some(&env) {
+            return Ok(());
+        }
+        let path = &self.opts.subnet_file;
+        if SubnetEnv::read(path).as_ref() != Some(&env) {
+            env.write(path).map_err(|source| AgentError::SubnetEnv { path: path.clone(), source })?;
+            info!(path = %path.display(), subnet = %subnet, mtu, "wrote subnet.env");
+        }
+        self.written_env = Some(env);
+        Ok(())
+    }
+}

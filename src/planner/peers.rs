@@ -1,0 +1,168 @@
+//! From store entries to the peers this host should program, and the leases it must refuse.
+
+use crate::config::NetworkConfig;
+use crate::lease::{Lease, LeaseError};
+use crate::mac::Mac;
+use crate::store::Entry;
+use ipnet::Ipv4Net;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// This host, as far as the planner cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    pub public_ip: Ipv4Addr,
+    /// Our own leased subnet, once we hold one.
+    pub subnet: Option<Ipv4Net>,
+}
+
+/// A remote host whose entries this host programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub key: String,
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+}
+
+impl Peer {
+    /// The peer's VTEP address: the network address of its subnet, on its `flannel.N` device.
+    pub fn vtep_ip(&self) -> Ipv4Addr {
+        self.subnet.network()
+    }
+}
+
+/// Why a lease is not programmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    Malformed(LeaseError),
+    OutsideNetwork { network: Ipv4Net },
+    WrongLength { want: u8 },
+    VniMismatch { want: u32, got: u32 },
+    BadPublicIp { why: &'static str },
+    OwnPublicIp,
+    BadVtepMac,
+    DuplicateVtepMac { other: Ipv4Net },
+}
+
+impl Rejection {
+    /// A short, stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(e) => e.reason(),
+            Rejection::OutsideNetwork { .. } => "outside_network",
+            Rejection::WrongLength { .. } => "wrong_length",
+            Rejection::VniMismatch { .. } => "vni_mismatch",
+            Rejection::BadPublicIp { .. } => "bad_public_ip",
+            Rejection::OwnPublicIp => "own_public_ip",
+            Rejection::BadVtepMac => "bad_vtep_mac",
+            Rejection::DuplicateVtepMac { .. } => "duplicate_vtep_mac",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Malformed(e) => write!(f, "{e}"),
+            Rejection::OutsideNetwork { network } => write!(f, "subnet is outside the network {network}"),
+            Rejection::WrongLength { want } => write!(f, "subnet length is not the network's SubnetLen /{want}"),
+            Rejection::VniMismatch { want, got } => write!(f, "VNI {got} is not the network's VNI {want}"),
+            Rejection::BadPublicIp { why } => write!(f, "public IP is {why}"),
+            Rejection::OwnPublicIp => write!(f, "public IP is this host's own, but the subnet is not ours"),
+            Rejection::BadVtepMac => write!(f, "VTEP MAC is multicast or all zeros"),
+            Rejection::DuplicateVtepMac { other } => write!(f, "VTEP MAC is already used by the lease for {other}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub key: String,
+    pub rejection: Rejection,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerSet {
+    pub peers: Vec<Peer>,
+    pub rejected: Vec<Rejected>,
+}
+
+fn public_ip_problem(ip: Ipv4Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.is_broadcast() {
+        Some("broadcast")
+    } else if ip.is_link_local() {
+        Some("link-local")
+    } else {
+        None
+    }
+}
+
+fn check(cfg: &NetworkConfig, host: &Host, lease: &Lease) -> Result<(), Rejection> {
+    if !cfg.network.contains(&lease.subnet) {
+        return Err(Rejection::OutsideNetwork { network: cfg.network });
+    }
+    if lease.subnet.prefix_len() != cfg.subnet_len {
+        return Err(Rejection::WrongLength { want: cfg.subnet_len });
+    }
+    if lease.vni != cfg.backend.vni {
+        return Err(Rejection::VniMismatch { want: cfg.backend.vni, got: lease.vni });
+    }
+    if let Some(why) = public_ip_problem(lease.public_ip) {
+        return Err(Rejection::BadPublicIp { why });
+    }
+    if lease.public_ip == host.public_ip {
+        return Err(Rejection::OwnPublicIp);
+    }
+    if !lease.vtep_mac.is_valid_unicast() {
+        return Err(Rejection::BadVtepMac);
+    }
+    Ok(())
+}
+
+/// Sorts store entries into peers and refusals. Our own lease is neither. Deterministic: on a
+/// VTEP MAC claimed twice, the older lease (lower create revision) wins.
+pub fn select_peers<'a>(cfg: &NetworkConfig, host: &Host, entries: impl IntoIterator<Item = &'a Entry>) -> PeerSet {
+    let mut sorted: Vec<&Entry> = entries.into_iter().collect();
+    sorted.sort_by(|a, b| (a.create_revision, &a.key).cmp(&(b.create_revision, &b.key)));
+
+    let mut out = PeerSet::default();
+    let mut macs: HashMap<Mac, Ipv4Net> = HashMap::new();
+    for entry in sorted {
+        let lease = match Lease::from_entry(entry) {
+            Ok(l) => l,
+            Err(e) => {
+                out.rejected.push(Rejected { key: entry.key.clone(), rejection: Rejection::Malformed(e) });
+                continue;
+            }
+        };
+        if Some(lease.subnet) == host.subnet {
+            continue;
+        }
+        let verdict = check(cfg, host, &lease).and_then(|()| match macs.get(&lease.vtep_mac) {
+            Some(&other) => Err(Rejection::DuplicateVtepMac { other }),
+            None => Ok(()),
+        });
+        match verdict {
+            Ok(()) => {
+                macs.insert(lease.vtep_mac, lease.subnet);
+                out.peers.push(Peer {
+                    key: entry.key.clone(),
+                    subnet: lease.subnet,
+                    public_ip: lease.public_ip,
+                    vtep_mac: lease.vtep_mac,
+                });
+            }
+            Err(rejection) => out.rejected.push(Rejected { key: entry.key.clone(), rejection }),
+        }
+    }
+    out.peers.sort_by_key(|p| p.subnet);
+    out
+}

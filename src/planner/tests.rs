@@ -1,0 +1,269 @@
+use super::peers::*;
+use super::state::*;
+use super::*;
+use crate::config::NetworkConfig;
+use crate::lease::{lease_key, vxlan_lease_value};
+use crate::mac::Mac;
+use crate::store::Entry;
+use proptest::prelude::*;
+use std::net::Ipv4Addr;
+
+const DEV: u32 = 7;
+const OTHER_DEV: u32 = 2;
+
+fn net() -> Ipv4Net {
+    "10.0.0.0/16".parse().unwrap()
+}
+
+fn mac(i: u8) -> Mac {
+    Mac([0x02, 0, 0, 0, 0, i])
+}
+
+fn peer(third: u8, m: u8, ip: [u8; 4]) -> Peer {
+    let subnet: Ipv4Net = format!("10.0.{third}.0/24").parse().unwrap();
+    Peer { key: lease_key("/coreos.com/network", subnet), subnet, public_ip: Ipv4Addr::from(ip), vtep_mac: mac(m) }
+}
+
+/// A model of what the kernel does with each operation, keyed as the kernel keys its objects.
+fn apply(obs: &Observed, ops: &[Op]) -> Observed {
+    let mut o = obs.clone();
+    for op in ops {
+        match *op {
+            Op::RemoveNeigh(n) => o.neighs.retain(|x| x.ip != n.ip),
+            Op::EnsureNeigh(n) => {
+                o.neighs.retain(|x| x.ip != n.ip);
+                o.neighs.push(n);
+            }
+            Op::RemoveFdb(f) => o.fdbs.retain(|x| *x != f),
+            Op::EnsureFdb(f) => {
+                o.fdbs.retain(|x| x.mac != f.mac);
+                o.fdbs.push(f);
+            }
+            Op::RemoveRoute(r) => o.routes.retain(|x| !(x.dst == r.dst && x.oif == r.oif && x.protocol == r.protocol)),
+            Op::EnsureRoute(r) => {
+                o.routes.retain(|x| x.dst != r.dst);
+                o.routes.push(r);
+            }
+        }
+    }
+    o
+}
+
+fn desired(peers: &[Peer]) -> Observed {
+    let mut o = Observed::default();
+    for p in peers {
+        let (n, f, r) = peer_entries(p, DEV);
+        o.neighs.push(n);
+        o.fdbs.push(f);
+        o.routes.push(r);
+    }
+    o
+}
+
+#[test]
+fn fresh_host_gets_three_entries_per_peer_in_order() {
+    let peers = [peer(48, 1, [198, 51, 100, 10])];
+    let ops = plan(net(), DEV, &peers, &Observed::default());
+    let kinds: Vec<_> = ops.iter().map(|o| o.labels()).collect();
+    assert_eq!(kinds, [("neigh", "ensure"), ("fdb", "ensure"), ("route", "ensure")]);
+    assert_eq!(ops[2].to_string(), "route 10.0.48.0/24 via 10.0.48.0 onlink proto 87");
+    assert_eq!(ops[1].to_string(), "fdb 02:00:00:00:00:01 dst 198.51.100.10 self permanent");
+}
+
+#[test]
+fn converged_state_plans_nothing() {
+    let peers = [peer(48, 1, [198, 51, 100, 10]), peer(51, 2, [203, 0, 113, 10])];
+    assert!(plan(net(), DEV, &peers, &desired(&peers)).is_empty());
+}
+
+#[test]
+fn changed_mac_leaves_no_old_fdb() {
+    let old = [peer(48, 1, [198, 51, 100, 10])];
+    let new = [peer(48, 9, [198, 51, 100, 10])];
+    let ops = plan(net(), DEV, &new, &desired(&old));
+    assert_eq!(apply(&desired(&old), &ops), {
+        let mut d = desired(&new);
+        d.routes.clear();
+        d.routes.extend(desired(&old).routes);
+        d
+    });
+    assert!(ops.contains(&Op::RemoveFdb(FdbEntry { mac: mac(1), dst: "198.51.100.10".parse().unwrap() })));
+}
+
+#[test]
+fn changed_public_ip_repoints_fdb() {
+    let old = [peer(48, 1, [198, 51, 100, 10])];
+    let new = [peer(48, 1, [198, 51, 100, 99])];
+    let after = apply(&desired(&old), &plan(net(), DEV, &new, &desired(&old)));
+    assert_eq!(after.fdbs, desired(&new).fdbs);
+}
+
+#[test]
+fn removed_peer_leaves_nothing() {
+    let old = [peer(48, 1, [198, 51, 100, 10]), peer(51, 2, [203, 0, 113, 10])];
+    let ops = plan(net(), DEV, &old[..1], &desired(&old));
+    assert_eq!(
+        ops.iter().map(|o| o.labels()).collect::<Vec<_>>(),
+        [("neigh", "remove"), ("fdb", "remove"), ("route", "remove")]
+    );
+    assert_eq!(apply(&desired(&old), &ops), desired(&old[..1]));
+}
+
+#[test]
+fn foreign_entries_are_left_alone_but_flannel_routes_are_taken_over() {
+    let peers = [peer(48, 1, [198, 51, 100, 10])];
+    let mut obs = Observed::default();
+    let foreign_route = RouteEntry {
+        dst: "10.0.99.0/24".parse().unwrap(),
+        gateway: "10.0.99.0".parse().unwrap(),
+        oif: DEV,
+        onlink: true,
+        protocol: 3, // boot: flannel's, or an operator's
+    };
+    let other_dev_route = RouteEntry { oif: OTHER_DEV, protocol: ROUTE_PROTO_WEFT, ..foreign_route };
+    let flannel_route = RouteEntry { protocol: 3, ..peer_entries(&peers[0], DEV).2 };
+    let foreign_neigh = NeighEntry { ip: "192.0.2.77".parse().unwrap(), mac: mac(50) };
+    obs.routes = vec![foreign_route, other_dev_route, flannel_route];
+    obs.neighs = vec![foreign_neigh];
+    let ops = plan(net(), DEV, &peers, &obs);
+    let after = apply(&obs, &ops);
+    assert!(after.routes.contains(&foreign_route));
+    assert!(after.routes.contains(&other_dev_route));
+    assert!(after.neighs.contains(&foreign_neigh));
+    assert!(after.routes.contains(&peer_entries(&peers[0], DEV).2));
+    assert!(!after.routes.contains(&flannel_route));
+}
+
+fn entry(key: &str, value: &str, rev: i64) -> Entry {
+    Entry { key: key.into(), value: value.into(), create_revision: rev, mod_revision: rev, expires_at: None }
+}
+
+#[test]
+fn select_peers_refuses_bad_leases_with_reasons() {
+    let cfg = NetworkConfig::parse(r#"{"Network":"10.0.0.0/16"}"#).unwrap();
+    let host = Host { public_ip: "192.0.2.10".parse().unwrap(), subnet: Some("10.0.37.0/24".parse().unwrap()) };
+    let k = |s: &str| format!("/coreos.com/network/subnets/{s}");
+    let v = |ip: &str, vni: u32, m: &str| vxlan_lease_value(ip.parse().unwrap(), vni, m.parse().unwrap());
+    let entries = vec![
+        entry(&k("10.0.37.0-24"), &v("192.0.2.10", 1, "02:00:00:00:00:01"), 1), // ours
+        entry(&k("10.0.48.0-24"), &v("198.51.100.10", 1, "02:00:00:00:00:02"), 2), // good
+        entry(&k("10.1.0.0-24"), &v("198.51.100.11", 1, "02:00:00:00:00:03"), 3),
+        entry(&k("10.0.50.0-25"), &v("198.51.100.12", 1, "02:00:00:00:00:04"), 4),
+        entry(&k("10.0.51.0-24"), &v("198.51.100.13", 2, "02:00:00:00:00:05"), 5),
+        entry(&k("10.0.52.0-24"), &v("127.0.0.1", 1, "02:00:00:00:00:06"), 6),
+        entry(&k("10.0.53.0-24"), &v("192.0.2.10", 1, "02:00:00:00:00:07"), 7),
+        entry(&k("10.0.54.0-24"), &v("198.51.100.14", 1, "01:00:5e:00:00:01"), 8),
+        entry(&k("10.0.55.0-24"), &v("198.51.100.15", 1, "02:00:00:00:00:02"), 9),
+        entry(&k("10.0.56.0-24"), "{junk", 10),
+        entry(&k("10.0.57.0-24"), &v("169.254.1.1", 1, "02:00:00:00:00:08"), 11),
+        entry(&k("10.0.58.0-24"), &v("0.0.0.0", 1, "02:00:00:00:00:09"), 12),
+        entry(&k("10.0.59.0-24"), &v("224.0.0.1", 1, "02:00:00:00:00:0a"), 13),
+        entry(&k("10.0.60.0-24"), &v("255.255.255.255", 1, "02:00:00:00:00:0b"), 14),
+        entry(&k("10.0.61.0-24"), &v("198.51.100.16", 1, "00:00:00:00:00:00"), 15),
+    ];
+    let set = select_peers(&cfg, &host, &entries);
+    assert_eq!(set.peers.len(), 1);
+    assert_eq!(set.peers[0].subnet, "10.0.48.0/24".parse::<Ipv4Net>().unwrap());
+    let reasons: Vec<_> = set.rejected.iter().map(|r| r.rejection.reason()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "outside_network",
+            "wrong_length",
+            "vni_mismatch",
+            "bad_public_ip",
+            "own_public_ip",
+            "bad_vtep_mac",
+            "duplicate_vtep_mac",
+            "bad_json",
+            "bad_public_ip",
+            "bad_public_ip",
+            "bad_public_ip",
+            "bad_public_ip",
+            "bad_vtep_mac",
+        ]
+    );
+    assert_eq!(
+        set.rejected[6].rejection.to_string(),
+        "VTEP MAC is already used by the lease for 10.0.48.0/24"
+    );
+}
+
+fn arb_peers() -> impl Strategy<Value = Vec<Peer>> {
+    proptest::collection::btree_map(1u8..60, (1u8..200, 1u8..250), 0..12).prop_map(|m| {
+        let mut used = std::collections::BTreeSet::new();
+        m.into_iter()
+            .filter(|(_, (mm, _))| used.insert(*mm))
+            .map(|(third, (mm, host))| peer(third, mm, [198, 51, 100, host]))
+            .collect()
+    })
+}
+
+fn arb_observed() -> impl Strategy<Value = Observed> {
+    let neigh = (1u8..60, 1u8..200, any::<bool>()).prop_map(|(t, m, inside)| NeighEntry {
+        ip: if inside { Ipv4Addr::new(10, 0, t, 0) } else { Ipv4Addr::new(192, 0, 2, t) },
+        mac: mac(m),
+    });
+    let fdb = (1u8..200, 1u8..250).prop_map(|(m, h)| FdbEntry { mac: mac(m), dst: Ipv4Addr::new(198, 51, 100, h) });
+    let route = (1u8..60, prop_oneof![Just(ROUTE_PROTO_WEFT), Just(3u8), Just(4u8)], prop_oneof![Just(DEV), Just(OTHER_DEV)])
+        .prop_map(|(t, protocol, oif)| RouteEntry {
+            dst: format!("10.0.{t}.0/24").parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, t, 0),
+            oif,
+            onlink: true,
+            protocol,
+        });
+    (
+        proptest::collection::vec(neigh, 0..10),
+        proptest::collection::vec(fdb, 0..10),
+        proptest::collection::vec(route, 0..10),
+    )
+        .prop_map(|(mut neighs, mut fdbs, mut routes)| {
+            // The kernel holds one neighbour per IP, one FDB entry per MAC here, one route per
+            // (dst, oif) in these tests.
+            neighs.sort_by_key(|n| n.ip);
+            neighs.dedup_by_key(|n| n.ip);
+            fdbs.sort_by_key(|f| f.mac);
+            fdbs.dedup_by_key(|f| f.mac);
+            routes.sort_by_key(|r| (r.dst, r.oif));
+            routes.dedup_by_key(|r| (r.dst, r.oif));
+            Observed { neighs, fdbs, routes }
+        })
+}
+
+proptest! {
+    /// One plan reaches the desired state, and a second plan has nothing left to do.
+    #[test]
+    fn plan_converges_in_one_step(peers in arb_peers(), obs in arb_observed()) {
+        let after = apply(&obs, &plan(net(), DEV, &peers, &obs));
+        prop_assert!(plan(net(), DEV, &peers, &after).is_empty());
+        let want = desired(&peers);
+        for n in &want.neighs { prop_assert!(after.neighs.contains(n)); }
+        for f in &want.fdbs { prop_assert!(after.fdbs.contains(f)); }
+        for r in &want.routes { prop_assert!(after.routes.contains(r)); }
+    }
+
+    /// Nothing weft does not own is removed or changed, and nothing stale that it owns survives.
+    #[test]
+    fn plan_touches_only_what_weft_owns(peers in arb_peers(), obs in arb_observed()) {
+        let ops = plan(net(), DEV, &peers, &obs);
+        let after = apply(&obs, &ops);
+        let want = desired(&peers);
+        let wanted_dsts: Vec<_> = want.routes.iter().map(|r| r.dst).collect();
+        for r in &obs.routes {
+            let owned = r.oif == DEV && r.protocol == ROUTE_PROTO_WEFT;
+            // A peer's subnet route is replaced wherever it points: the peer's subnet must go to the overlay.
+            if !owned && !wanted_dsts.contains(&r.dst) {
+                prop_assert!(after.routes.contains(r), "foreign route {r:?} touched");
+            }
+        }
+        for n in &obs.neighs {
+            if !net().contains(&n.ip) { prop_assert!(after.neighs.contains(n)); }
+        }
+        for r in &after.routes {
+            if r.oif == DEV && r.protocol == ROUTE_PROTO_WEFT { prop_assert!(want.routes.contains(r), "stale {r:?}"); }
+        }
+        for f in &after.fdbs { prop_assert!(want.fdbs.contains(f), "stale {f:?}"); }
+        for n in after.neighs.iter().filter(|n| net().contains(&n.ip)) { prop_assert!(want.neighs.contains(n), "stale {n:?}"); }
+    }
+}
