@@ -60,6 +60,8 @@ pub struct Launch<'a> {
     pub bin: &'a Path,
     pub namespace: &'a str,
     pub store_url: &'a str,
+    /// The network's store prefix, passed as `--etcd-prefix` when it is not the default.
+    pub prefix: &'a str,
     pub subnet_file: &'a Path,
     pub log: &'a Path,
     pub spec: &'a AgentSpec,
@@ -86,6 +88,9 @@ pub fn command_line(l: &Launch) -> Vec<String> {
         .map(String::from),
     );
     v.push(l.subnet_file.display().to_string());
+    if l.prefix != crate::network::DEFAULT_PREFIX {
+        v.extend(["--etcd-prefix".to_string(), l.prefix.to_string()]);
+    }
     v.extend(l.spec.args.iter().cloned());
     v
 }
@@ -105,6 +110,8 @@ pub fn spawn(l: &Launch) -> Result<Child> {
     let argv = command_line(l);
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
+        // The log is a file: no colour codes (tracing honours NO_COLOR); a spec can override.
+        .env("NO_COLOR", "1")
         .envs(l.spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(open_log()?)

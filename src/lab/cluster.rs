@@ -447,6 +447,7 @@ impl Lab {
             bin: &bin,
             namespace: &plan.namespace,
             store_url: &self.state.store_url,
+            prefix: &self.state.prefix,
             subnet_file: &subnet_file,
             log: &log,
             spec: &spec,
