@@ -58,9 +58,23 @@ pub enum LabCommand {
     },
 }
 
+impl LabCommand {
+    fn name(&self) -> &str {
+        match self {
+            LabCommand::Up { name, .. }
+            | LabCommand::Add { name }
+            | LabCommand::Remove { name, .. }
+            | LabCommand::Status { name }
+            | LabCommand::Check { name }
+            | LabCommand::Down { name } => name,
+        }
+    }
+}
+
 pub async fn run(cmd: LabCommand) -> Result<()> {
     // Checked first so that every subcommand fails the same, clear way.
     lab::require_root()?;
+    lab::validate_name(cmd.name())?;
     match cmd {
         LabCommand::Up {
             name,

@@ -177,7 +177,7 @@ pub fn wait_all(
             dsts.push(*dst);
         }
     }
-    let threads: Vec<(&str, JoinHandle<Result<HashMap<Ipv4Addr, Instant>>>)> = by_ns
+    let threads: Vec<(&str, JoinHandle<Result<FirstAnswers>>)> = by_ns
         .into_iter()
         .map(|(ns, dsts)| {
             let owned = ns.to_string();
@@ -214,6 +214,9 @@ pub fn wait_all(
         .map(|(ns, dst)| answered.get(ns.as_str()).and_then(|m| m.get(dst)).copied())
         .collect())
 }
+
+/// Destination → instant of its first answer.
+type FirstAnswers = HashMap<Ipv4Addr, Instant>;
 
 /// One namespace's side of [`wait_all`] (runs on its own thread).
 fn probe_from(
