@@ -447,6 +447,60 @@ fn fdbs() {
     });
 }
 
+/// Kernel behaviour the agent relies on (checked on 6.18): the underlay going down leaves the
+/// VXLAN device and its entries alone; the VXLAN device going down flushes its routes and ARP
+/// entries but keeps its FDB; deleting the underlay deletes the VXLAN device.
+#[test]
+fn underlay_and_vxlan_down() {
+    if !can_run() {
+        return;
+    }
+    let ns = underlay();
+    let name = ns.name.clone();
+    ns.run(move || async move {
+        let (k, va, vx) = vxlan_up().await;
+        let r = RouteEntry {
+            dst: "10.0.2.0/24".parse().unwrap(),
+            gateway: "10.0.2.0".parse().unwrap(),
+            oif: vx,
+            onlink: true,
+            protocol: ROUTE_PROTO_WEFT,
+        };
+        let n = NeighEntry {
+            ip: r.gateway,
+            mac: mac("02:00:00:00:00:02"),
+        };
+        let f = FdbEntry {
+            mac: n.mac,
+            dst: "192.0.2.2".parse().unwrap(),
+        };
+        let program = || async {
+            k.ensure_route(&r).await.unwrap();
+            k.ensure_neigh(vx, &n).await.unwrap();
+            k.ensure_fdb(vx, &f).await.unwrap();
+        };
+        program().await;
+
+        ip(&name, "link set va down");
+        let l = k.link_by_index(vx).await.unwrap().unwrap();
+        assert!(l.up && l.running, "{l:?}");
+        assert_eq!(k.routes(vx).await.unwrap(), vec![r]);
+        assert_eq!(k.neighs(vx).await.unwrap(), vec![n]);
+        assert_eq!(k.fdbs(vx).await.unwrap(), vec![f]);
+        ip(&name, "link set va up");
+
+        ip(&name, "link set weft.1 down");
+        assert_eq!(k.routes(vx).await.unwrap(), vec![]);
+        assert_eq!(k.neighs(vx).await.unwrap(), vec![]);
+        assert_eq!(k.fdbs(vx).await.unwrap(), vec![f]);
+        k.set_up(vx).await.unwrap();
+        program().await;
+
+        k.delete_link(va).await.unwrap();
+        assert_eq!(k.link_by_index(vx).await.unwrap(), None);
+    });
+}
+
 /// Waits for an event matching `want`, skipping others.
 async fn expect_event(
     rx: &mut mpsc::Receiver<KernelEvent>,

@@ -70,14 +70,14 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> io::Result<watch::Receiver<u64>> {
     let files = DbFiles::new(db_path);
-    let inotify =
-        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(io::Error::from)?;
-    inotify
-        .add_watch(
-            &files.dir,
-            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_ATTRIB,
-        )
-        .map_err(io::Error::from)?;
+    // Without inotify (e.g. the per-user instance limit is reached) watches still work, only
+    // at the pace of the fallback poll.
+    let inotify = watch_dir(&files.dir)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, dir = %files.dir.display(),
+                "store: inotify unavailable, watchers fall back to polling every second")
+        })
+        .ok();
     let (tx, rx) = watch::channel(0u64);
     std::thread::Builder::new()
         .name("weft-store-notify".into())
@@ -86,10 +86,19 @@ pub fn spawn(
                 return;
             }
             let timeout = tick().min(FALLBACK_POLL);
-            wait(&inotify, &files, timeout);
+            match &inotify {
+                Some(inotify) => wait(inotify, &files, timeout),
+                None => std::thread::sleep(timeout),
+            }
             tx.send_modify(|generation| *generation = generation.wrapping_add(1));
         })?;
     Ok(rx)
+}
+
+fn watch_dir(dir: &Path) -> nix::Result<Inotify> {
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+    inotify.add_watch(dir, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_ATTRIB)?;
+    Ok(inotify)
 }
 
 /// Sleeps until a relevant file event or `timeout`, whichever comes first.

@@ -495,12 +495,13 @@ async fn apply(store: &SqliteStore, model: &mut Model, rev: &mut Revision, op: &
         }
         Op::Create(k, v) => {
             let got = store.create(&key(*k), &v.to_string(), LONG).await.unwrap();
-            if model.contains_key(&key(*k)) {
-                assert_eq!(got, None);
-            } else {
-                *rev += 1;
-                assert_eq!(got.map(|e| e.mod_revision), Some(*rev));
-                model.insert(key(*k), (v.to_string(), *rev, *rev));
+            match model.entry(key(*k)) {
+                std::collections::btree_map::Entry::Occupied(_) => assert_eq!(got, None),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    *rev += 1;
+                    assert_eq!(got.map(|e| e.mod_revision), Some(*rev));
+                    slot.insert((v.to_string(), *rev, *rev));
+                }
             }
         }
         Op::Delete(k) => {
