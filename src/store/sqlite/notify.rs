@@ -39,10 +39,7 @@ impl DbFiles {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let db = db_path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
+        let db = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         let mut wal = db.clone();
         wal.push("-wal");
         DbFiles { dir, db, wal }
@@ -133,9 +130,7 @@ fn drain(inotify: &Inotify, files: &DbFiles) -> bool {
         match inotify.read_events() {
             Ok(events) if events.is_empty() => return relevant,
             Ok(events) => {
-                relevant |= events
-                    .iter()
-                    .any(|e| files.is_relevant(e.mask, e.name.as_ref()));
+                relevant |= events.iter().any(|e| files.is_relevant(e.mask, e.name.as_ref()));
             }
             Err(Errno::EAGAIN) => return relevant,
             Err(Errno::EINTR) => continue,
@@ -168,13 +163,7 @@ pub fn poke(db_path: &Path) {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
     let now = TimeSpec::UTIME_NOW;
-    if let Err(e) = utimensat(
-        nix::fcntl::AT_FDCWD,
-        db_path,
-        &now,
-        &now,
-        UtimensatFlags::FollowSymlink,
-    ) {
+    if let Err(e) = utimensat(nix::fcntl::AT_FDCWD, db_path, &now, &now, UtimensatFlags::FollowSymlink) {
         // Watchers still see the commit through the WAL write or the fallback poll.
         tracing::debug!(error = %e, path = %db_path.display(), "store: cannot touch database file");
     }
