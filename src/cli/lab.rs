@@ -1,4 +1,182 @@
-//! `weft lab` (to be written).
+//! `weft lab`: build, inspect and tear down a many-host overlay made of network namespaces.
+
+use crate::lab::{self, AgentSpec, Lab, LabOptions};
+use anyhow::{bail, Context, Result};
+use std::time::Duration;
+
 #[derive(clap::Subcommand, Debug)]
-pub enum LabCommand { Up }
-pub async fn run(_cmd: LabCommand) -> anyhow::Result<()> { anyhow::bail!("not yet") }
+pub enum LabCommand {
+    /// Build the lab: router and host namespaces, one agent per host; returns once every host
+    /// reaches every other over the overlay.
+    Up {
+        /// Lab name, [a-z0-9]{1,8}: prefixes every namespace (NAME-router, NAME-h1, …).
+        #[arg(long, default_value = "weft")]
+        name: String,
+        /// Number of hosts, each in its own rack subnet.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Network config JSON written at <prefix>/config.
+        #[arg(long, value_name = "JSON")]
+        network_config: Option<String>,
+        /// Extra argument for every agent (repeat for several: --agent-arg=--subnet-lease-ttl --agent-arg=5s).
+        #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+        /// Build the namespaces only: no store, no agents.
+        #[arg(long)]
+        no_agents: bool,
+        /// Give up waiting for the overlay after this long (default: 30s + 1s per host).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Add one host, in a new rack, to a running lab; reports how long until every other host
+    /// reaches it.
+    Add {
+        #[arg(long, default_value = "weft")]
+        name: String,
+    },
+    /// Remove a host: stop its agent, delete its lease, delete its namespace.
+    Remove {
+        /// Host to remove (h1, h2, …).
+        host: String,
+        #[arg(long, default_value = "weft")]
+        name: String,
+    },
+    /// Show hosts, underlay addresses, agents and leases.
+    Status {
+        #[arg(long, default_value = "weft")]
+        name: String,
+    },
+    /// Ping every host from every other over the overlay; exit 0 only if every pair answers.
+    Check {
+        #[arg(long, default_value = "weft")]
+        name: String,
+    },
+    /// Remove everything the lab made (also after a crash of `lab up`).
+    Down {
+        #[arg(long, default_value = "weft")]
+        name: String,
+    },
+}
+
+pub async fn run(cmd: LabCommand) -> Result<()> {
+    // Checked first so that every subcommand fails the same, clear way.
+    lab::require_root()?;
+    match cmd {
+        LabCommand::Up {
+            name,
+            nodes,
+            network_config,
+            agent_args,
+            no_agents,
+            timeout,
+        } => {
+            let opts = LabOptions {
+                network_config,
+                agent: AgentSpec {
+                    args: agent_args,
+                    env: Vec::new(),
+                },
+                agents: !no_agents,
+                wait: (!no_agents)
+                    .then(|| timeout.unwrap_or(Duration::from_secs(30 + u64::from(nodes)))),
+                ..LabOptions::new(&name, nodes)
+            };
+            let started = std::time::Instant::now();
+            let lab = Lab::up(opts).await.with_context(|| {
+                format!("lab {name}: up failed (everything made was removed again)")
+            })?;
+            // The agents run on after we exit; `weft lab down` removes them.
+            let lab = lab.detach();
+            print_status(&lab).await?;
+            match lab.converged_in() {
+                Some(t) => println!(
+                    "{} hosts reach each other over the overlay {} ms after the agents started ({} ms in all)",
+                    lab.hosts().len(),
+                    t.as_millis(),
+                    started.elapsed().as_millis()
+                ),
+                None => println!("{} hosts up, no agents ({} ms)", lab.hosts().len(), started.elapsed().as_millis()),
+            }
+            println!("state and agent logs: {}", lab.dir().display());
+            Ok(())
+        }
+        LabCommand::Add { name } => {
+            let mut lab = Lab::open(&name)?;
+            let added = lab
+                .add_host()
+                .await
+                .with_context(|| format!("lab {name}: adding a host"))?;
+            let ip = lab.underlay_ip(&added.name)?;
+            let overlay = lab.overlay_ip(&added.name).await?;
+            match (added.reachable_after, overlay) {
+                (Some(t), Some(o)) => println!(
+                    "added {} (underlay {ip}, overlay {o}): every other host reaches it {} ms after its agent started",
+                    added.name,
+                    t.as_millis()
+                ),
+                _ => println!("added {} (underlay {ip})", added.name),
+            }
+            Ok(())
+        }
+        LabCommand::Remove { host, name } => {
+            let mut lab = Lab::open(&name)?;
+            lab.remove_host(&host)
+                .await
+                .with_context(|| format!("lab {name}: removing {host}"))?;
+            println!("removed {host}: agent stopped, lease released, namespace deleted");
+            Ok(())
+        }
+        LabCommand::Status { name } => print_status(&Lab::open(&name)?).await,
+        LabCommand::Check { name } => {
+            let lab = Lab::open(&name)?;
+            let report = lab
+                .check()
+                .await
+                .with_context(|| format!("lab {name}: check"))?;
+            print!("{report}");
+            if !report.ok() {
+                bail!(
+                    "lab {name}: {} of the pairs do not answer",
+                    report.failures().len()
+                );
+            }
+            Ok(())
+        }
+        LabCommand::Down { name } => {
+            let removed = lab::down(&name).with_context(|| format!("lab {name}: down"))?;
+            println!("lab {name} down: {} namespaces removed", removed.len());
+            Ok(())
+        }
+    }
+}
+
+async fn print_status(lab: &Lab) -> Result<()> {
+    let hosts = lab.status().await?;
+    println!(
+        "lab {} ({} hosts, store {})",
+        lab.name(),
+        hosts.len(),
+        lab.store_url()
+    );
+    println!(
+        "{:<6} {:<16} {:<18} {:<14} {:<18}",
+        "host", "underlay", "rack", "agent", "lease"
+    );
+    for h in hosts {
+        let agent = match (h.agent_pid, h.agent_alive) {
+            (Some(pid), true) => format!("{pid}"),
+            (Some(pid), false) => format!("{pid} (dead)"),
+            (None, _) => "-".into(),
+        };
+        let lease = h.lease.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<6} {:<16} {:<18} {:<14} {:<18}",
+            h.name,
+            h.underlay_ip.to_string(),
+            h.rack_subnet.to_string(),
+            agent,
+            lease
+        );
+    }
+    Ok(())
+}

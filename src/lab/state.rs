@@ -1,0 +1,163 @@
+//! The lab's state directory, `/run/weft/lab/NAME/`: `lab.json` (what the lab made), `store.db`
+//! (the SQLite store the agents share), and per host `hI/agent.log` and `hI/subnet.env`.
+//!
+//! `lab.json` is written before anything is created and after every change, so `status`, `down`
+//! and friends work from another process and after `lab up` crashed or was killed.
+
+use super::agent::AgentSpec;
+use super::topology::HostPlan;
+use super::{LabError, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Parent of every lab's state directory (tmpfs: a reboot forgets labs, as it forgets namespaces).
+pub const STATE_ROOT: &str = "/run/weft/lab";
+
+pub fn lab_dir(name: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(name)
+}
+
+/// What `lab.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    /// `sqlite:/run/weft/lab/NAME/store.db`.
+    pub store_url: String,
+    /// Store prefix of the network, `/coreos.com/network` by default.
+    pub prefix: String,
+    /// The network config JSON written at `<prefix>/config`.
+    pub network_config: String,
+    /// Whether hosts run agents (a bare topology has none).
+    pub agents: bool,
+    /// Extra agent arguments and environment, for every host (also hosts added later).
+    #[serde(default)]
+    pub agent: AgentSpec,
+    /// Index of the next host `add` creates; indexes are never reused, so a removed host's logs
+    /// and rack are never confused with a new one's.
+    pub next_index: u32,
+    pub hosts: Vec<HostState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostState {
+    #[serde(flatten)]
+    pub plan: HostPlan,
+    /// Pid of the host's agent, if one was started.
+    pub agent_pid: Option<u32>,
+}
+
+impl LabState {
+    pub fn host(&self, name: &str) -> Option<&HostState> {
+        self.hosts.iter().find(|h| h.plan.name == name)
+    }
+
+    pub fn host_mut(&mut self, name: &str) -> Option<&mut HostState> {
+        self.hosts.iter_mut().find(|h| h.plan.name == name)
+    }
+
+    /// Reads `dir/lab.json`.
+    pub fn load(dir: &Path) -> Result<LabState> {
+        let path = dir.join("lab.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(LabError::io(format!("reading {}", path.display())))?;
+        serde_json::from_str(&text).map_err(|source| LabError::State { path, source })
+    }
+
+    /// Writes `dir/lab.json` atomically (temporary file + rename): a crash mid-write never leaves
+    /// a half file that would stop `down` from cleaning up.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("lab.json");
+        let tmp = dir.join("lab.json.tmp");
+        let text = serde_json::to_string_pretty(self).map_err(|source| LabError::State {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&tmp, text + "\n")
+            .map_err(LabError::io(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(LabError::io(format!(
+            "renaming {} to {}",
+            tmp.display(),
+            path.display()
+        )))
+    }
+}
+
+/// Per-host files.
+pub fn host_dir(dir: &Path, host: &str) -> PathBuf {
+    dir.join(host)
+}
+
+pub fn agent_log(dir: &Path, host: &str) -> PathBuf {
+    host_dir(dir, host).join("agent.log")
+}
+
+pub fn subnet_file(dir: &Path, host: &str) -> PathBuf {
+    host_dir(dir, host).join("subnet.env")
+}
+
+pub fn store_url(dir: &Path) -> String {
+    format!("sqlite:{}", dir.join("store.db").display())
+}
+
+/// The last `lines` lines of a file, for error messages about a dead agent.
+pub fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::topology::host_plan;
+
+    #[test]
+    fn lab_json_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = LabState {
+            name: "weft".into(),
+            store_url: store_url(dir.path()),
+            prefix: "/coreos.com/network".into(),
+            network_config: r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan"}}"#.into(),
+            agents: true,
+            agent: AgentSpec {
+                args: vec!["--subnet-lease-ttl".into(), "5s".into()],
+                env: vec![("RUST_LOG".into(), "debug".into())],
+            },
+            next_index: 3,
+            hosts: vec![
+                HostState {
+                    plan: host_plan("weft", 1).unwrap(),
+                    agent_pid: Some(1234),
+                },
+                HostState {
+                    plan: host_plan("weft", 2).unwrap(),
+                    agent_pid: None,
+                },
+            ],
+        };
+        state.save(dir.path()).unwrap();
+        let back = LabState::load(dir.path()).unwrap();
+        assert_eq!(back, state);
+        // Flat, readable host entries: what `jq` users would look for.
+        let raw: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("lab.json")).unwrap())
+                .unwrap();
+        assert_eq!(raw["hosts"][0]["underlay_ip"], "192.0.2.10");
+        assert_eq!(raw["hosts"][0]["namespace"], "weft-h1");
+        assert_eq!(raw["hosts"][0]["agent_pid"], 1234);
+        assert!(!dir.path().join("lab.json.tmp").exists());
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lab.json"), "{").unwrap();
+        let err = LabState::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("lab.json"), "{err}");
+    }
+}

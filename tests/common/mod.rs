@@ -1,0 +1,47 @@
+//! Helpers shared by the lab-based integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// True if the test can run. Lab tests need root (network namespaces): without it they print a
+/// note and skip — unless `WEFT_REQUIRE_ROOT=1`, where skipping would hide a gap, so they fail.
+pub fn have_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("WEFT_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!("{test} needs root (WEFT_REQUIRE_ROOT=1 is set)");
+    }
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// A unique lab name (`t` + 5 hex digits).
+pub fn lab_name() -> String {
+    weft::lab::random_name()
+}
+
+/// The weft binary built for this test run.
+pub fn weft_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// The namespaces that exist now and belong to lab `name`.
+pub fn namespaces_of(name: &str) -> Vec<String> {
+    weft::lab::netns::list()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|ns| ns.starts_with(&format!("{name}-")))
+        .collect()
+}
+
+/// Asserts that lab `name` left nothing behind: no namespace, no state directory.
+pub fn assert_gone(name: &str) {
+    assert_eq!(
+        namespaces_of(name),
+        Vec::<String>::new(),
+        "namespaces of lab {name} left behind"
+    );
+    let dir = weft::lab::state::lab_dir(name);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
