@@ -11,7 +11,13 @@ pub enum AllocError {
     #[error(
         "network {network} is full: all {count} subnets of length /{subnet_len} between {min} and {max} are leased"
     )]
-    Full { network: Ipv4Net, subnet_len: u8, count: u64, min: Ipv4Addr, max: Ipv4Addr },
+    Full {
+        network: Ipv4Net,
+        subnet_len: u8,
+        count: u64,
+        min: Ipv4Addr,
+        max: Ipv4Addr,
+    },
 }
 
 /// The `i`-th leasable subnet, counting from `SubnetMin`.

@@ -50,11 +50,19 @@ pub enum ConfigError {
     #[error("network config: {field} is missing")]
     Missing { field: &'static str },
     #[error("network config: {field} = {value}: {reason}")]
-    Invalid { field: &'static str, value: String, reason: String },
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 fn invalid(field: &'static str, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, value: value.to_string(), reason: reason.into() }
+    ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// Largest config we will even try to parse: a hostile store entry must not cost memory.
@@ -64,7 +72,10 @@ impl NetworkConfig {
     /// Parses and validates flannel's JSON. Fields weft does not use are ignored, as flannel does.
     pub fn parse(text: &str) -> Result<NetworkConfig, ConfigError> {
         if text.len() > MAX_CONFIG_BYTES {
-            return Err(ConfigError::NotJson(format!("{} bytes is more than {MAX_CONFIG_BYTES}", text.len())));
+            return Err(ConfigError::NotJson(format!(
+                "{} bytes is more than {MAX_CONFIG_BYTES}",
+                text.len()
+            )));
         }
         let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::NotJson(e.to_string()))?;
         let obj = value.as_object().ok_or(ConfigError::NotObject)?;
@@ -81,10 +92,18 @@ impl NetworkConfig {
             .parse()
             .map_err(|_| invalid("Network", quoted(network_text), "not an IPv4 CIDR like 10.0.0.0/16"))?;
         if network.network() != network.addr() {
-            return Err(invalid("Network", quoted(network_text), format!("host bits set; did you mean {}?", network.trunc())));
+            return Err(invalid(
+                "Network",
+                quoted(network_text),
+                format!("host bits set; did you mean {}?", network.trunc()),
+            ));
         }
         if network.prefix_len() > 30 {
-            return Err(invalid("Network", quoted(network_text), "too small: a network must be /30 or larger"));
+            return Err(invalid(
+                "Network",
+                quoted(network_text),
+                "too small: a network must be /30 or larger",
+            ));
         }
 
         let subnet_len = match get_uint(obj, "SubnetLen", "SubnetLen")? {
@@ -105,8 +124,12 @@ impl NetworkConfig {
         let mask = !(size - 1);
 
         let bound = |field: &'static str, default: u32| -> Result<Ipv4Addr, ConfigError> {
-            let Some(text) = get_str(obj, field, field)? else { return Ok(Ipv4Addr::from(default)) };
-            let ip: Ipv4Addr = text.parse().map_err(|_| invalid(field, quoted(text), "not an IPv4 address"))?;
+            let Some(text) = get_str(obj, field, field)? else {
+                return Ok(Ipv4Addr::from(default));
+            };
+            let ip: Ipv4Addr = text
+                .parse()
+                .map_err(|_| invalid(field, quoted(text), "not an IPv4 address"))?;
             if !network.contains(&ip) {
                 return Err(invalid(field, quoted(text), format!("outside Network {network}")));
             }
@@ -120,11 +143,21 @@ impl NetworkConfig {
         let subnet_min = bound("SubnetMin", default_min)?;
         let subnet_max = bound("SubnetMax", last_subnet)?;
         if subnet_min > subnet_max {
-            return Err(invalid("SubnetMin", subnet_min, format!("greater than SubnetMax {subnet_max}")));
+            return Err(invalid(
+                "SubnetMin",
+                subnet_min,
+                format!("greater than SubnetMax {subnet_max}"),
+            ));
         }
 
         let backend = parse_backend(obj.get("Backend"))?;
-        Ok(NetworkConfig { network, subnet_len, subnet_min, subnet_max, backend })
+        Ok(NetworkConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            backend,
+        })
     }
 
     /// Number of subnets hosts can lease (SubnetMin..=SubnetMax).
@@ -162,7 +195,11 @@ fn parse_backend(v: Option<&Value>) -> Result<VxlanBackend, ConfigError> {
     // flannel's own default is the long-gone "udp" backend; vxlan is the only sensible one now.
     let ty = get_str(obj, "Type", "Backend.Type")?.unwrap_or("vxlan");
     if ty != "vxlan" {
-        return Err(invalid("Backend.Type", quoted(ty), "unknown backend: weft supports \"vxlan\""));
+        return Err(invalid(
+            "Backend.Type",
+            quoted(ty),
+            "unknown backend: weft supports \"vxlan\"",
+        ));
     }
     let vni = match get_uint(obj, "VNI", "Backend.VNI")? {
         None => 1,
@@ -177,7 +214,11 @@ fn parse_backend(v: Option<&Value>) -> Result<VxlanBackend, ConfigError> {
     let mtu = match get_uint(obj, "MTU", "Backend.MTU")? {
         None | Some(0) => None,
         Some(n) if n < u64::from(MIN_MTU) => {
-            return Err(invalid("Backend.MTU", n, format!("below the IPv4 minimum of {MIN_MTU}")))
+            return Err(invalid(
+                "Backend.MTU",
+                n,
+                format!("below the IPv4 minimum of {MIN_MTU}"),
+            ))
         }
         Some(n) if n > 65535 => return Err(invalid("Backend.MTU", n, "above 65535")),
         Some(n) => Some(n as u32),
@@ -203,7 +244,10 @@ fn get_str<'a>(obj: &'a Map<String, Value>, key: &str, field: &'static str) -> R
 fn get_uint(obj: &Map<String, Value>, key: &str, field: &'static str) -> Result<Option<u64>, ConfigError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| invalid(field, n, "must be a whole number ≥ 0")),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| invalid(field, n, "must be a whole number ≥ 0")),
         Some(other) => Err(invalid(field, other, "must be a number")),
     }
 }

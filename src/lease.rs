@@ -99,14 +99,24 @@ impl Lease {
         let key = &entry.key;
         let subnet = parse_subnet_key(key).ok_or_else(|| LeaseError::BadKey { key: key.clone() })?;
         if entry.value.len() > MAX_LEASE_VALUE_BYTES {
-            return Err(LeaseError::TooLarge { key: key.clone(), len: entry.value.len() });
+            return Err(LeaseError::TooLarge {
+                key: key.clone(),
+                len: entry.value.len(),
+            });
         }
-        let bad = |e: serde_json::Error| LeaseError::BadJson { key: key.clone(), reason: e.to_string() };
+        let bad = |e: serde_json::Error| LeaseError::BadJson {
+            key: key.clone(),
+            reason: e.to_string(),
+        };
         let attrs: LeaseAttrs = serde_json::from_str(&entry.value).map_err(bad)?;
         if attrs.backend_type != "vxlan" {
-            return Err(LeaseError::UnsupportedBackend { key: key.clone(), backend: attrs.backend_type });
+            return Err(LeaseError::UnsupportedBackend {
+                key: key.clone(),
+                backend: attrs.backend_type,
+            });
         }
-        let data: VxlanData = serde_json::from_value(attrs.backend_data.unwrap_or(serde_json::Value::Null)).map_err(bad)?;
+        let data: VxlanData =
+            serde_json::from_value(attrs.backend_data.unwrap_or(serde_json::Value::Null)).map_err(bad)?;
         Ok(Lease {
             subnet,
             public_ip: attrs.public_ip,
@@ -136,7 +146,13 @@ mod tests {
     use super::*;
 
     fn entry(key: &str, value: &str) -> Entry {
-        Entry { key: key.into(), value: value.into(), create_revision: 1, mod_revision: 1, expires_at: None }
+        Entry {
+            key: key.into(),
+            value: value.into(),
+            create_revision: 1,
+            mod_revision: 1,
+            expires_at: None,
+        }
     }
 
     const FLANNEL: &str = r#"{"PublicIP":"192.0.2.10","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:a0:2e:40:c0:2c"}}"#;
@@ -162,15 +178,36 @@ mod tests {
 
     #[test]
     fn rejects_bad_keys_and_values() {
-        for k in ["/p/subnets/10.0.37.5-24", "/p/subnets/10.0.37.0-", "/p/subnets/10.0.37.0-33", "/p/subnets/x-24", "/p/subnets/10.0.37.0-24junk"] {
-            assert!(matches!(Lease::from_entry(&entry(k, FLANNEL)), Err(LeaseError::BadKey { .. })), "{k}");
+        for k in [
+            "/p/subnets/10.0.37.5-24",
+            "/p/subnets/10.0.37.0-",
+            "/p/subnets/10.0.37.0-33",
+            "/p/subnets/x-24",
+            "/p/subnets/10.0.37.0-24junk",
+        ] {
+            assert!(
+                matches!(Lease::from_entry(&entry(k, FLANNEL)), Err(LeaseError::BadKey { .. })),
+                "{k}"
+            );
         }
         let k = "/p/subnets/10.0.37.0-24";
-        assert!(matches!(Lease::from_entry(&entry(k, "not json")), Err(LeaseError::BadJson { .. })));
-        assert!(matches!(Lease::from_entry(&entry(k, &"x".repeat(5000))), Err(LeaseError::TooLarge { .. })));
+        assert!(matches!(
+            Lease::from_entry(&entry(k, "not json")),
+            Err(LeaseError::BadJson { .. })
+        ));
+        assert!(matches!(
+            Lease::from_entry(&entry(k, &"x".repeat(5000))),
+            Err(LeaseError::TooLarge { .. })
+        ));
         let udp = FLANNEL.replace("\"vxlan\"", "\"udp\"");
-        assert!(matches!(Lease::from_entry(&entry(k, &udp)), Err(LeaseError::UnsupportedBackend { .. })));
+        assert!(matches!(
+            Lease::from_entry(&entry(k, &udp)),
+            Err(LeaseError::UnsupportedBackend { .. })
+        ));
         let bad_mac = FLANNEL.replace("c6:a0:2e:40:c0:2c", "nope");
-        assert!(matches!(Lease::from_entry(&entry(k, &bad_mac)), Err(LeaseError::BadJson { .. })));
+        assert!(matches!(
+            Lease::from_entry(&entry(k, &bad_mac)),
+            Err(LeaseError::BadJson { .. })
+        ));
     }
 }

@@ -35,7 +35,11 @@ impl Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -91,7 +95,13 @@ mod tests {
 
     #[test]
     fn rejects_junk() {
-        for s in ["", "c6:a0:2e:40:c0", "c6:a0:2e:40:c0:2c:00", "zz:a0:2e:40:c0:2c", "c6a0:2e:40:c0:2c:1"] {
+        for s in [
+            "",
+            "c6:a0:2e:40:c0",
+            "c6:a0:2e:40:c0:2c:00",
+            "zz:a0:2e:40:c0:2c",
+            "c6a0:2e:40:c0:2c:1",
+        ] {
             assert!(s.parse::<Mac>().is_err(), "{s}");
         }
         assert!("01:00:5e:00:00:01".parse::<Mac>().unwrap().is_multicast());

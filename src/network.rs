@@ -25,7 +25,9 @@ pub struct NetworkKeys {
 impl NetworkKeys {
     pub fn new(prefix: &str) -> NetworkKeys {
         let p = prefix.trim_end_matches('/');
-        NetworkKeys { prefix: if p.is_empty() { String::new() } else { p.to_string() } }
+        NetworkKeys {
+            prefix: if p.is_empty() { String::new() } else { p.to_string() },
+        }
     }
 
     pub fn config(&self) -> String {

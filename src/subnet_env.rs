@@ -40,7 +40,9 @@ impl SubnetEnv {
         let mut mtu = None;
         let mut ipmasq = None;
         for line in text.lines() {
-            let Some((k, v)) = line.trim().split_once('=') else { continue };
+            let Some((k, v)) = line.trim().split_once('=') else {
+                continue;
+            };
             match k {
                 "FLANNEL_NETWORK" => network = v.parse::<Ipv4Net>().ok(),
                 "FLANNEL_SUBNET" => subnet = v.parse::<Ipv4Net>().ok().map(|n| n.trunc()),
@@ -49,7 +51,12 @@ impl SubnetEnv {
                 _ => {}
             }
         }
-        Some(SubnetEnv { network: network?, subnet: subnet?, mtu: mtu?, ipmasq: ipmasq? })
+        Some(SubnetEnv {
+            network: network?,
+            subnet: subnet?,
+            mtu: mtu?,
+            ipmasq: ipmasq?,
+        })
     }
 
     pub fn read(path: &Path) -> Option<SubnetEnv> {
@@ -58,9 +65,15 @@ impl SubnetEnv {
 
     /// Writes the file atomically: a reader sees the old file or the new one, never half of one.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(self.render().as_bytes())?;
@@ -90,12 +103,21 @@ mod tests {
         let p = dir.path().join("run/flannel/subnet.env");
         env.write(&p).unwrap();
         assert_eq!(SubnetEnv::read(&p), Some(env));
-        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(p.parent().unwrap()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
     fn malformed_is_none() {
         assert_eq!(SubnetEnv::parse(""), None);
-        assert_eq!(SubnetEnv::parse("FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET=junk\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false"), None);
+        assert_eq!(
+            SubnetEnv::parse(
+                "FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET=junk\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false"
+            ),
+            None
+        );
     }
 }

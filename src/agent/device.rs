@@ -9,9 +9,14 @@ use tracing::{info, warn};
 /// Why an existing device cannot be reused; `None` when it can.
 pub fn incompatibility(have: &LinkInfo, want: &VxlanSpec) -> Option<String> {
     if have.kind.as_deref() != Some("vxlan") {
-        return Some(format!("it is a {} device, not vxlan", have.kind.as_deref().unwrap_or("unknown")));
+        return Some(format!(
+            "it is a {} device, not vxlan",
+            have.kind.as_deref().unwrap_or("unknown")
+        ));
     }
-    let Some(v) = &have.vxlan else { return Some("its VXLAN attributes cannot be read".into()) };
+    let Some(v) = &have.vxlan else {
+        return Some("its VXLAN attributes cannot be read".into());
+    };
     if v.vni != want.vni {
         return Some(format!("VNI {} instead of {}", v.vni, want.vni));
     }

@@ -78,7 +78,12 @@ pub async fn select(kernel: &Kernel, opts: &IfaceOptions) -> Result<PublicIface,
                 .iter()
                 .find(|(_, ip)| re.is_match(&ip.to_string()))
                 .and_then(|(i, ip)| link(*i).map(|l| (l, Some(*ip))))
-                .or_else(|| links.iter().find(|l| re.is_match(&l.name)).map(|l| (l, first_v4(l.index))));
+                .or_else(|| {
+                    links
+                        .iter()
+                        .find(|l| re.is_match(&l.name))
+                        .map(|l| (l, first_v4(l.index)))
+                });
             if found.is_some() {
                 break;
             }
@@ -86,8 +91,12 @@ pub async fn select(kernel: &Kernel, opts: &IfaceOptions) -> Result<PublicIface,
         found.ok_or_else(|| IfaceError::NoRegexMatch(opts.regexes.clone()))?
     } else if let Some(dst) = opts.can_reach {
         let src = source_for(dst).map_err(|e| IfaceError::Unreachable(dst, e.to_string()))?;
-        let index = by_ip(src).ok_or_else(|| IfaceError::Unreachable(dst, format!("source {src} is on no interface")))?;
-        (link(index).ok_or_else(|| IfaceError::NotFound(src.to_string()))?, Some(src))
+        let index =
+            by_ip(src).ok_or_else(|| IfaceError::Unreachable(dst, format!("source {src} is on no interface")))?;
+        (
+            link(index).ok_or_else(|| IfaceError::NotFound(src.to_string()))?,
+            Some(src),
+        )
     } else {
         let index = kernel.default_route_oif().await?.ok_or(IfaceError::NoDefaultRoute)?;
         let l = link(index).ok_or(IfaceError::NoDefaultRoute)?;

@@ -23,7 +23,13 @@ pub struct OwnLease {
 
 impl OwnLease {
     fn from_entry(entry: Entry, subnet: Ipv4Net) -> OwnLease {
-        OwnLease { key: entry.key, subnet, value: entry.value, revision: entry.mod_revision, expires_at: entry.expires_at }
+        OwnLease {
+            key: entry.key,
+            subnet,
+            value: entry.value,
+            revision: entry.mod_revision,
+            expires_at: entry.expires_at,
+        }
     }
 
     /// When to renew: flannel renews an hour before expiry; short TTLs renew at half-life.
@@ -101,7 +107,12 @@ pub async fn acquire(store: &dyn Store, req: &LeaseRequest<'_>) -> Result<OwnLea
 
 /// Extends the lease (and rewrites its value, e.g. a new VTEP MAC). `Ok(None)`: the lease was
 /// deleted or taken by someone else meanwhile.
-pub async fn renew(store: &dyn Store, own: &OwnLease, value: &str, ttl: Duration) -> Result<Option<OwnLease>, StoreError> {
+pub async fn renew(
+    store: &dyn Store,
+    own: &OwnLease,
+    value: &str,
+    ttl: Duration,
+) -> Result<Option<OwnLease>, StoreError> {
     Ok(store
         .refresh(&own.key, value, ttl, own.revision)
         .await?

@@ -225,7 +225,9 @@ impl Agent {
                 _ => self.lose_lease("our lease is gone from the store"),
             }
         }
-        self.store.watch(&format!("{}/", self.keys.prefix), listing.revision).await
+        self.store
+            .watch(&format!("{}/", self.keys.prefix), listing.revision)
+            .await
     }
 
     fn apply_event(&mut self, ev: WatchEvent) {
@@ -296,7 +298,11 @@ impl Agent {
             .as_ref()
             .and_then(|o| o.renew_at(self.opts.lease_ttl))
             .map(|t| Instant::now() + t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
-        [Some(far), renew, self.retry_at].into_iter().flatten().min().unwrap_or(far)
+        [Some(far), renew, self.retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(far)
     }
 
     /// One pass over everything; failures are logged once and retried shortly.
@@ -336,7 +342,9 @@ impl Agent {
             local: iface.local_ip,
             link: iface.index,
             port: cfg.backend.port,
-            mtu: cfg.device_mtu(&iface.name, iface.mtu).unwrap_or(iface.mtu.saturating_sub(50)),
+            mtu: cfg
+                .device_mtu(&iface.name, iface.mtu)
+                .unwrap_or(iface.mtu.saturating_sub(50)),
             learning: cfg.backend.learning,
             gbp: cfg.backend.gbp,
         };
@@ -453,13 +461,21 @@ impl Agent {
     }
 
     fn write_subnet_env(&mut self, cfg: &NetworkConfig, subnet: Ipv4Net, mtu: u32) -> Result<(), AgentError> {
-        let env = SubnetEnv { network: cfg.network, subnet, mtu, ipmasq: self.opts.ip_masq };
+        let env = SubnetEnv {
+            network: cfg.network,
+            subnet,
+            mtu,
+            ipmasq: self.opts.ip_masq,
+        };
         if self.written_env.as_ref() == Some(&env) {
             return Ok(());
         }
         let path = &self.opts.subnet_file;
         if SubnetEnv::read(path).as_ref() != Some(&env) {
-            env.write(path).map_err(|source| AgentError::SubnetEnv { path: path.clone(), source })?;
+            env.write(path).map_err(|source| AgentError::SubnetEnv {
+                path: path.clone(),
+                source,
+            })?;
             info!(path = %path.display(), subnet = %subnet, mtu, "wrote subnet.env");
         }
         self.written_env = Some(env);

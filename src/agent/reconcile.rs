@@ -19,7 +19,10 @@ impl Agent {
         link: &LinkInfo,
         own: &OwnLease,
     ) -> Result<(), AgentError> {
-        let host = Host { public_ip: iface.public_ip, subnet: Some(own.subnet) };
+        let host = Host {
+            public_ip: iface.public_ip,
+            subnet: Some(own.subnet),
+        };
         let set = select_peers(cfg, &host, self.leases.values());
         self.log_rejections(&set.rejected);
 

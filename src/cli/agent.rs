@@ -1,11 +1,11 @@
 //! `weft agent`: flanneld's flags, with `WEFT_*` environment equivalents.
 
 use super::StoreArgs;
+use crate::agent::{self, iface::IfaceOptions, AgentOptions};
 use anyhow::Result;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
-use crate::agent::{self, iface::IfaceOptions, AgentOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
@@ -47,7 +47,10 @@ pub struct AgentArgs {
 pub async fn run(args: AgentArgs) -> Result<()> {
     args.log.init()?;
     if args.subnet_lease_ttl < Duration::from_secs(2) {
-        anyhow::bail!("--subnet-lease-ttl {:?} is too short (at least 2s)", args.subnet_lease_ttl);
+        anyhow::bail!(
+            "--subnet-lease-ttl {:?} is too short (at least 2s)",
+            args.subnet_lease_ttl
+        );
     }
     if args.resync_interval.is_zero() {
         anyhow::bail!("--resync-interval must be greater than zero");

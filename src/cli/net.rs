@@ -1,13 +1,13 @@
 //! `weft net`: the network config and the leases, straight from the store.
 
 use super::StoreArgs;
-use anyhow::{Context, Result};
-use std::io::Read;
-use std::time::SystemTime;
 use crate::config::NetworkConfig;
 use crate::lease::Lease;
 use crate::network::NetworkKeys;
 use crate::store;
+use anyhow::{Context, Result};
+use std::io::Read;
+use std::time::SystemTime;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum NetCommand {
@@ -40,10 +40,14 @@ pub enum ConfigCommand {
 
 pub async fn run(cmd: NetCommand) -> Result<()> {
     match cmd {
-        NetCommand::Config { cmd: ConfigCommand::Set { file, store } } => {
+        NetCommand::Config {
+            cmd: ConfigCommand::Set { file, store },
+        } => {
             let text = if file == "-" {
                 let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).context("reading the config from stdin")?;
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading the config from stdin")?;
                 s
             } else {
                 std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
@@ -64,7 +68,9 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
             );
             Ok(())
         }
-        NetCommand::Config { cmd: ConfigCommand::Show { store } } => {
+        NetCommand::Config {
+            cmd: ConfigCommand::Show { store },
+        } => {
             let keys = NetworkKeys::new(&store.etcd_prefix);
             let s = store::open(&store.store)?;
             match s.get(&keys.config()).await? {
@@ -82,7 +88,10 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
             let keys = NetworkKeys::new(&store.etcd_prefix);
             let s = store::open(&store.store)?;
             let listing = s.list(&keys.subnets()).await?;
-            println!("{:<18} {:<16} {:<18} {:>10}  STATE", "SUBNET", "PUBLIC-IP", "VTEP-MAC", "EXPIRES-IN");
+            println!(
+                "{:<18} {:<16} {:<18} {:>10}  STATE",
+                "SUBNET", "PUBLIC-IP", "VTEP-MAC", "EXPIRES-IN"
+            );
             let now = SystemTime::now();
             for e in &listing.entries {
                 let expires = store::remaining(e, now)
@@ -96,7 +105,13 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
                         l.vtep_mac.to_string(),
                         expires
                     ),
-                    Err(err) => println!("{:<18} {:<16} {:<18} {:>10}  invalid: {err}", e.key.rsplit('/').next().unwrap_or(""), "-", "-", expires),
+                    Err(err) => println!(
+                        "{:<18} {:<16} {:<18} {:>10}  invalid: {err}",
+                        e.key.rsplit('/').next().unwrap_or(""),
+                        "-",
+                        "-",
+                        expires
+                    ),
                 }
             }
             Ok(())

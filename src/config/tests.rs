@@ -19,7 +19,17 @@ fn flannel_defaults() {
     assert_eq!(c.subnet_len, 24);
     assert_eq!(c.subnet_min, "10.0.1.0".parse::<Ipv4Addr>().unwrap());
     assert_eq!(c.subnet_max, "10.0.255.0".parse::<Ipv4Addr>().unwrap());
-    assert_eq!(c.backend, VxlanBackend { vni: 1, port: 8472, mtu: None, gbp: false, learning: false, direct_routing: false });
+    assert_eq!(
+        c.backend,
+        VxlanBackend {
+            vni: 1,
+            port: 8472,
+            mtu: None,
+            gbp: false,
+            learning: false,
+            direct_routing: false
+        }
+    );
     assert_eq!(c.subnet_count(), 255);
 }
 
@@ -28,7 +38,10 @@ fn small_network_gets_longer_subnets() {
     let c = parse(r#"{"Network":"10.0.0.0/23"}"#).unwrap();
     assert_eq!(c.subnet_len, 24);
     let c = parse(r#"{"Network":"10.0.0.0/24","SubnetLen":25}"#).unwrap();
-    assert_eq!((c.subnet_min, c.subnet_max), ("10.0.0.128".parse().unwrap(), "10.0.0.128".parse().unwrap()));
+    assert_eq!(
+        (c.subnet_min, c.subnet_max),
+        ("10.0.0.128".parse().unwrap(), "10.0.0.128".parse().unwrap())
+    );
     assert_eq!(c.subnet_count(), 1);
 }
 
@@ -59,13 +72,31 @@ fn every_error_names_its_field() {
         (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#, "SubnetMin"),
         (r#"{"Network":"10.0.0.0/16","SubnetMax":"192.0.2.0"}"#, "SubnetMax"),
         (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.1.5"}"#, "SubnetMin"),
-        (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.9.0","SubnetMax":"10.0.3.0"}"#, "SubnetMin"),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.9.0","SubnetMax":"10.0.3.0"}"#,
+            "SubnetMin",
+        ),
         (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"udp"}}"#, "Backend.Type"),
-        (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#, "Backend.VNI"),
-        (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#, "Backend.VNI"),
-        (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#, "Backend.Port"),
-        (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":"x"}}"#, "Backend.Port"),
-        (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MTU":500}}"#, "Backend.MTU"),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#,
+            "Backend.VNI",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+            "Backend.VNI",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#,
+            "Backend.Port",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":"x"}}"#,
+            "Backend.Port",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MTU":500}}"#,
+            "Backend.MTU",
+        ),
         (r#"{"Network":"10.0.0.0/16","Backend":"vxlan"}"#, "Backend"),
         (r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#, "EnableIPv6"),
     ];
@@ -77,13 +108,19 @@ fn every_error_names_its_field() {
     assert_eq!(parse("{}"), Err(ConfigError::Missing { field: "Network" }));
     assert!(matches!(parse("not json"), Err(ConfigError::NotJson(_))));
     assert_eq!(parse("[1]"), Err(ConfigError::NotObject));
-    assert!(matches!(parse(&" ".repeat(MAX_CONFIG_BYTES + 1)), Err(ConfigError::NotJson(_))));
+    assert!(matches!(
+        parse(&" ".repeat(MAX_CONFIG_BYTES + 1)),
+        Err(ConfigError::NotJson(_))
+    ));
 }
 
 #[test]
 fn error_message_is_readable() {
     let e = parse(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#).unwrap_err();
-    assert_eq!(e.to_string(), "network config: Backend.VNI = 0: must be between 1 and 16777215");
+    assert_eq!(
+        e.to_string(),
+        "network config: Backend.VNI = 0: must be between 1 and 16777215"
+    );
 }
 
 #[test]
@@ -95,7 +132,10 @@ fn mtu_against_interface() {
     assert_eq!(c.device_mtu("eth0", 1500), Ok(1400));
     let c = parse(r#"{"Network":"10.0.0.0/16","Backend":{"MTU":9000}}"#).unwrap();
     let e = c.device_mtu("eth0", 1500).unwrap_err().to_string();
-    assert!(e.contains("Backend.MTU") && e.contains("eth0") && e.contains("1500"), "{e}");
+    assert!(
+        e.contains("Backend.MTU") && e.contains("eth0") && e.contains("1500"),
+        "{e}"
+    );
 }
 
 proptest! {

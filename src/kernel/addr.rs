@@ -9,21 +9,16 @@ use std::net::{IpAddr, Ipv4Addr};
 
 impl Kernel {
     /// Addresses as `(ifindex, ip, prefix_len)`, IPv4 and IPv6, on `index` or on every link.
-    pub async fn addresses(
-        &self,
-        index: Option<u32>,
-    ) -> Result<Vec<(u32, IpAddr, u8)>, KernelError> {
+    pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpAddr, u8)>, KernelError> {
         let mut req = self.handle.address().get();
         if let Some(i) = index {
             req = req.set_link_index_filter(i);
         }
-        let msgs: Vec<AddressMessage> = req.execute().try_collect().await.map_err(|e| {
-            nl_error(
-                "dump addresses",
-                index.map_or("all".into(), |i| i.to_string()),
-                e,
-            )
-        })?;
+        let msgs: Vec<AddressMessage> = req
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error("dump addresses", index.map_or("all".into(), |i| i.to_string()), e))?;
         Ok(msgs.iter().filter_map(parse_address).collect())
     }
 
@@ -35,12 +30,7 @@ impl Kernel {
             .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
             .execute()
             .await;
-        ignore_errnos(
-            res,
-            &[libc::EEXIST],
-            "add address",
-            format!("{addr} dev {index}"),
-        )
+        ignore_errnos(res, &[libc::EEXIST], "add address", format!("{addr} dev {index}"))
     }
 
     /// `ip addr del ADDR dev INDEX`; an address that is already gone is success.

@@ -17,11 +17,7 @@ impl Kernel {
     pub async fn fdbs(&self, index: u32) -> Result<Vec<FdbEntry>, KernelError> {
         // A plain ndmsg AF_BRIDGE dump ignores ndm_ifindex (the per-port filter needs strict
         // checking or the legacy ifinfomsg form), so dump all and filter here, in one pass.
-        let req = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge);
+        let req = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge);
         let msgs: Vec<NeighbourMessage> = req
             .execute()
             .try_collect()
@@ -54,16 +50,9 @@ impl Kernel {
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                f.dst,
-            )));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(f.dst)));
         let res = self.handle.neighbours().del(msg).execute().await;
-        ignore_errnos(
-            res,
-            &[libc::ENOENT, libc::ENODEV],
-            "delete fdb",
-            Show(index, f),
-        )
+        ignore_errnos(res, &[libc::ENOENT, libc::ENODEV], "delete fdb", Show(index, f))
     }
 }
 

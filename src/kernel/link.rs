@@ -1,8 +1,6 @@
 //! Links: dump/get, VXLAN creation, delete, up, MTU.
 
-use super::{
-    errno_of, ignore_errnos, nl_error, Kernel, KernelError, LinkInfo, VxlanInfo, VxlanSpec,
-};
+use super::{errno_of, ignore_errnos, nl_error, Kernel, KernelError, LinkInfo, VxlanInfo, VxlanSpec};
 use crate::mac::Mac;
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
@@ -75,17 +73,10 @@ impl Kernel {
         self.set_link(msg, "set link mtu", index).await
     }
 
-    async fn set_link(
-        &self,
-        msg: LinkMessage,
-        op: &'static str,
-        index: u32,
-    ) -> Result<(), KernelError> {
+    async fn set_link(&self, msg: LinkMessage, op: &'static str, index: u32) -> Result<(), KernelError> {
         match self.handle.link().set(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if errno_of(&e) == Some(libc::ENODEV) => {
-                Err(KernelError::NoSuchLink(index.to_string()))
-            }
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Err(KernelError::NoSuchLink(index.to_string())),
             Err(e) => Err(nl_error(op, index, e)),
         }
     }

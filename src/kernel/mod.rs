@@ -124,10 +124,9 @@ impl Kernel {
     /// Opens the request socket in the current network namespace and spawns its I/O task on the
     /// current tokio runtime.
     pub async fn connect() -> Result<Kernel, KernelError> {
-        let rt = tokio::runtime::Handle::try_current()
-            .map_err(|e| KernelError::Socket(format!("no tokio runtime: {e}")))?;
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|e| KernelError::Socket(e.to_string()))?;
+        let rt =
+            tokio::runtime::Handle::try_current().map_err(|e| KernelError::Socket(format!("no tokio runtime: {e}")))?;
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| KernelError::Socket(e.to_string()))?;
         rt.spawn(connection);
         Ok(Kernel { handle })
     }

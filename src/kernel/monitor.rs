@@ -19,16 +19,16 @@ const RCVBUF: libc::c_int = 32 << 20;
 /// tokio runtime (the socket and converter tasks are spawned on it). The receiver yields `None`
 /// if the socket dies, which the caller should treat as fatal (or as an Overrun + resubscribe).
 pub fn monitor() -> Result<mpsc::Receiver<KernelEvent>, KernelError> {
-    let rt = tokio::runtime::Handle::try_current()
-        .map_err(|e| KernelError::Socket(format!("no tokio runtime: {e}")))?;
+    let rt =
+        tokio::runtime::Handle::try_current().map_err(|e| KernelError::Socket(format!("no tokio runtime: {e}")))?;
     let groups = [
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Ipv4Route,
         MulticastGroup::Neigh,
     ];
-    let (mut connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&groups)
-        .map_err(|e| KernelError::Socket(e.to_string()))?;
+    let (mut connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&groups).map_err(|e| KernelError::Socket(e.to_string()))?;
     set_rcvbuf(connection.socket_mut().socket_mut());
     rt.spawn(connection);
 
@@ -87,9 +87,7 @@ fn to_event(msg: NetlinkMessage<M>) -> Option<KernelEvent> {
                 index: l.header.index,
                 deleted: true,
             }),
-            M::NewAddress(a) | M::DelAddress(a) => Some(KernelEvent::Address {
-                index: a.header.index,
-            }),
+            M::NewAddress(a) | M::DelAddress(a) => Some(KernelEvent::Address { index: a.header.index }),
             M::NewRoute(r) | M::DelRoute(r) => {
                 let oif = r.attributes.iter().find_map(|a| match a {
                     RouteAttribute::Oif(i) => Some(*i),

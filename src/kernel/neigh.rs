@@ -4,9 +4,7 @@ use super::{ignore_errnos, is_permanent, nl_error, Kernel, KernelError};
 use crate::mac::Mac;
 use crate::planner::state::NeighEntry;
 use futures::TryStreamExt;
-use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
-};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::AddressFamily;
 use std::net::IpAddr;
 
@@ -14,16 +12,10 @@ impl Kernel {
     /// NUD_PERMANENT IPv4 entries on device `index` (the kernel's own, learnt entries are
     /// not ours and are left out).
     pub async fn neighs(&self, index: u32) -> Result<Vec<NeighEntry>, KernelError> {
-        let mut req = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet);
+        let mut req = self.handle.neighbours().get().set_address_family(AddressFamily::Inet);
         // NDA_IFINDEX makes the kernel filter the dump to the device (also without strict
         // checking); the entries are still checked below.
-        req.message_mut()
-            .attributes
-            .push(NeighbourAttribute::IfIndex(index));
+        req.message_mut().attributes.push(NeighbourAttribute::IfIndex(index));
         let msgs: Vec<NeighbourMessage> = req
             .execute()
             .try_collect()
@@ -43,13 +35,7 @@ impl Kernel {
             .replace()
             .execute()
             .await;
-        res.map_err(|e| {
-            nl_error(
-                "add neighbour",
-                format!("{} lladdr {} dev {index}", n.ip, n.mac),
-                e,
-            )
-        })
+        res.map_err(|e| nl_error("add neighbour", format!("{} lladdr {} dev {index}", n.ip, n.mac), e))
     }
 
     /// `ip neigh del IP dev INDEX` (whatever its MAC); an absent entry is success.
@@ -58,9 +44,7 @@ impl Kernel {
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = index;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                n.ip,
-            )));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
         let res = self.handle.neighbours().del(msg).execute().await;
         ignore_errnos(
             res,

@@ -5,8 +5,7 @@ use crate::planner::state::RouteEntry;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
@@ -62,10 +61,7 @@ impl Kernel {
     }
 
     /// One dump of every IPv4 route (all tables: the non-strict dump ignores header filters).
-    async fn dump_ipv4_routes(
-        &self,
-        what: impl fmt::Display,
-    ) -> Result<Vec<RouteMessage>, KernelError> {
+    async fn dump_ipv4_routes(&self, what: impl fmt::Display) -> Result<Vec<RouteMessage>, KernelError> {
         let mut query = RouteMessage::default();
         query.header.address_family = AddressFamily::Inet;
         self.handle

@@ -19,11 +19,7 @@ struct Netns {
 impl Netns {
     fn new() -> Netns {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "wk-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("wk-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         sweep_stale();
         run("ip", &["netns", "add", &name]);
         Netns { name }
@@ -74,9 +70,7 @@ fn sweep_stale() {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -95,10 +89,7 @@ fn bridge(ns: &str, args: &str) -> String {
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .expect("spawn command");
+    let out = Command::new(cmd).args(args).output().expect("spawn command");
     assert!(
         out.status.success(),
         "{cmd} {args:?}: {}",
@@ -151,9 +142,7 @@ async fn vxlan_up() -> (Kernel, u32, u32) {
     let va = k.link_by_name("va").await.unwrap().expect("va").index;
     let vx = k.create_vxlan(&spec(va)).await.unwrap().index;
     k.set_up(vx).await.unwrap();
-    k.ensure_address(vx, "10.0.1.0/32".parse().unwrap())
-        .await
-        .unwrap();
+    k.ensure_address(vx, "10.0.1.0/32".parse().unwrap()).await.unwrap();
     (k, va, vx)
 }
 
@@ -191,10 +180,7 @@ fn links_and_vxlan() {
         assert!(!vx.up && !vx.running);
         assert!(vx.mac.is_some_and(|m| m.is_valid_unicast()));
         let shown = ip(&name, "-d link show weft.1");
-        assert!(
-            shown.contains("vxlan id 1 local 192.0.2.1 dev va"),
-            "{shown}"
-        );
+        assert!(shown.contains("vxlan id 1 local 192.0.2.1 dev va"), "{shown}");
         assert!(
             shown.contains("dstport 8472") && shown.contains("nolearning"),
             "{shown}"
@@ -227,10 +213,7 @@ fn links_and_vxlan() {
         k.delete_link(vx.index).await.unwrap();
         assert_eq!(k.link_by_name(VX).await.unwrap(), None);
         assert_eq!(k.link_by_index(vx.index).await.unwrap(), None);
-        assert!(matches!(
-            k.set_up(vx.index).await,
-            Err(KernelError::NoSuchLink(_))
-        ));
+        assert!(matches!(k.set_up(vx.index).await, Err(KernelError::NoSuchLink(_))));
     });
 }
 
@@ -247,20 +230,11 @@ fn addresses() {
         let addr = IpAddr::V4(a.addr());
         k.ensure_address(vx, a).await.unwrap();
         k.ensure_address(vx, a).await.unwrap();
-        assert!(k
-            .addresses(Some(vx))
-            .await
-            .unwrap()
-            .contains(&(vx, addr, 32)));
+        assert!(k.addresses(Some(vx)).await.unwrap().contains(&(vx, addr, 32)));
         let all = k.addresses(None).await.unwrap();
         assert!(all.contains(&(vx, addr, 32)));
         assert!(all.contains(&(va, "192.0.2.1".parse().unwrap(), 24)));
-        assert!(k
-            .addresses(Some(va))
-            .await
-            .unwrap()
-            .iter()
-            .all(|x| x.0 == va));
+        assert!(k.addresses(Some(va)).await.unwrap().iter().all(|x| x.0 == va));
         let shown = ip(&name, "addr show dev weft.1");
         assert!(shown.contains("inet 10.0.7.0/32"), "{shown}");
 
@@ -295,10 +269,7 @@ fn routes() {
         k.ensure_route(&r).await.unwrap();
         assert_eq!(k.routes(vx).await.unwrap(), vec![r]);
         let shown = ip(&name, "route show dev weft.1");
-        assert!(
-            shown.contains("10.0.2.0/24 via 10.0.2.0 proto 87 onlink"),
-            "{shown}"
-        );
+        assert!(shown.contains("10.0.2.0/24 via 10.0.2.0 proto 87 onlink"), "{shown}");
 
         // Somebody else's route on the device is reported too, with its protocol.
         ip(&name, "route add 10.0.3.0/24 dev weft.1 proto boot");
@@ -366,10 +337,7 @@ fn neighs() {
         );
         assert_eq!(k.neighs(vx).await.unwrap(), vec![n]);
         let shown = ip(&name, "neigh show dev weft.1");
-        assert!(
-            shown.contains("10.0.2.0 lladdr 02:00:00:00:00:02 PERMANENT"),
-            "{shown}"
-        );
+        assert!(shown.contains("10.0.2.0 lladdr 02:00:00:00:00:02 PERMANENT"), "{shown}");
         assert_eq!(k.neighs(va).await.unwrap().len(), 1);
 
         let n2 = NeighEntry {
@@ -401,14 +369,8 @@ fn fdbs() {
         k.ensure_fdb(vx, &f).await.unwrap();
         k.ensure_fdb(vx, &f).await.unwrap();
         // Not ours: not permanent (`static` is NUD_NOARP alone), the all-zeros default dst.
-        bridge(
-            &name,
-            "fdb add 02:00:00:00:00:44 dev weft.1 dst 192.0.2.4 self dynamic",
-        );
-        bridge(
-            &name,
-            "fdb add 02:00:00:00:00:45 dev weft.1 dst 192.0.2.5 self static",
-        );
+        bridge(&name, "fdb add 02:00:00:00:00:44 dev weft.1 dst 192.0.2.4 self dynamic");
+        bridge(&name, "fdb add 02:00:00:00:00:45 dev weft.1 dst 192.0.2.5 self static");
         bridge(
             &name,
             "fdb append 00:00:00:00:00:00 dev weft.1 dst 192.0.2.9 self permanent",
@@ -432,10 +394,7 @@ fn fdbs() {
         k.remove_fdb(vx, &f2).await.unwrap();
         assert_eq!(k.fdbs(vx).await.unwrap(), vec![]);
         // iproute2's default state is NUD_PERMANENT|NUD_NOARP: permanent too.
-        bridge(
-            &name,
-            "fdb add 02:00:00:00:00:46 dev weft.1 dst 192.0.2.6 self",
-        );
+        bridge(&name, "fdb add 02:00:00:00:00:46 dev weft.1 dst 192.0.2.6 self");
         let f3 = FdbEntry {
             mac: mac("02:00:00:00:00:46"),
             dst: "192.0.2.6".parse().unwrap(),
@@ -447,11 +406,62 @@ fn fdbs() {
     });
 }
 
+/// Kernel behaviour the agent relies on (checked on 6.18): the underlay going down leaves the
+/// VXLAN device and its entries alone; the VXLAN device going down flushes its routes and ARP
+/// entries but keeps its FDB; deleting the underlay deletes the VXLAN device.
+#[test]
+fn underlay_and_vxlan_down() {
+    if !can_run() {
+        return;
+    }
+    let ns = underlay();
+    let name = ns.name.clone();
+    ns.run(move || async move {
+        let (k, va, vx) = vxlan_up().await;
+        let r = RouteEntry {
+            dst: "10.0.2.0/24".parse().unwrap(),
+            gateway: "10.0.2.0".parse().unwrap(),
+            oif: vx,
+            onlink: true,
+            protocol: ROUTE_PROTO_WEFT,
+        };
+        let n = NeighEntry {
+            ip: r.gateway,
+            mac: mac("02:00:00:00:00:02"),
+        };
+        let f = FdbEntry {
+            mac: n.mac,
+            dst: "192.0.2.2".parse().unwrap(),
+        };
+        let program = || async {
+            k.ensure_route(&r).await.unwrap();
+            k.ensure_neigh(vx, &n).await.unwrap();
+            k.ensure_fdb(vx, &f).await.unwrap();
+        };
+        program().await;
+
+        ip(&name, "link set va down");
+        let l = k.link_by_index(vx).await.unwrap().unwrap();
+        assert!(l.up && l.running, "{l:?}");
+        assert_eq!(k.routes(vx).await.unwrap(), vec![r]);
+        assert_eq!(k.neighs(vx).await.unwrap(), vec![n]);
+        assert_eq!(k.fdbs(vx).await.unwrap(), vec![f]);
+        ip(&name, "link set va up");
+
+        ip(&name, "link set weft.1 down");
+        assert_eq!(k.routes(vx).await.unwrap(), vec![]);
+        assert_eq!(k.neighs(vx).await.unwrap(), vec![]);
+        assert_eq!(k.fdbs(vx).await.unwrap(), vec![f]);
+        k.set_up(vx).await.unwrap();
+        program().await;
+
+        k.delete_link(va).await.unwrap();
+        assert_eq!(k.link_by_index(vx).await.unwrap(), None);
+    });
+}
+
 /// Waits for an event matching `want`, skipping others.
-async fn expect_event(
-    rx: &mut mpsc::Receiver<KernelEvent>,
-    want: impl Fn(&KernelEvent) -> bool,
-) -> KernelEvent {
+async fn expect_event(rx: &mut mpsc::Receiver<KernelEvent>, want: impl Fn(&KernelEvent) -> bool) -> KernelEvent {
     let wait = async {
         loop {
             match rx.recv().await {
@@ -544,9 +554,7 @@ fn ten_thousand_peers() {
                 onlink: true,
                 protocol: ROUTE_PROTO_WEFT,
             };
-            k.ensure_neigh(vx, &NeighEntry { ip: gw, mac: m })
-                .await
-                .unwrap();
+            k.ensure_neigh(vx, &NeighEntry { ip: gw, mac: m }).await.unwrap();
             k.ensure_fdb(
                 vx,
                 &FdbEntry {
@@ -563,9 +571,6 @@ fn ten_thousand_peers() {
         assert_eq!(k.neighs(vx).await.unwrap().len(), 10_000);
         assert_eq!(k.fdbs(vx).await.unwrap().len(), 10_000);
         assert_eq!(k.routes(vx).await.unwrap().len(), 10_000);
-        eprintln!(
-            "30,000 ensures in {ensured:?}; 3 dumps in {:?}",
-            t.elapsed()
-        );
+        eprintln!("30,000 ensures in {ensured:?}; 3 dumps in {:?}", t.elapsed());
     });
 }

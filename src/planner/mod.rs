@@ -45,7 +45,14 @@ impl fmt::Display for Op {
             Op::RemoveNeigh(n) | Op::EnsureNeigh(n) => write!(f, "neigh {} lladdr {} permanent", n.ip, n.mac),
             Op::RemoveFdb(e) | Op::EnsureFdb(e) => write!(f, "fdb {} dst {} self permanent", e.mac, e.dst),
             Op::RemoveRoute(r) | Op::EnsureRoute(r) => {
-                write!(f, "route {} via {}{} proto {}", r.dst, r.gateway, if r.onlink { " onlink" } else { "" }, r.protocol)
+                write!(
+                    f,
+                    "route {} via {}{} proto {}",
+                    r.dst,
+                    r.gateway,
+                    if r.onlink { " onlink" } else { "" },
+                    r.protocol
+                )
             }
         }
     }
@@ -54,9 +61,21 @@ impl fmt::Display for Op {
 /// The three entries a peer needs on device `oif`, in flannel's order: neighbour, FDB, route.
 pub fn peer_entries(peer: &Peer, oif: u32) -> (NeighEntry, FdbEntry, RouteEntry) {
     (
-        NeighEntry { ip: peer.vtep_ip(), mac: peer.vtep_mac },
-        FdbEntry { mac: peer.vtep_mac, dst: peer.public_ip },
-        RouteEntry { dst: peer.subnet, gateway: peer.vtep_ip(), oif, onlink: true, protocol: ROUTE_PROTO_WEFT },
+        NeighEntry {
+            ip: peer.vtep_ip(),
+            mac: peer.vtep_mac,
+        },
+        FdbEntry {
+            mac: peer.vtep_mac,
+            dst: peer.public_ip,
+        },
+        RouteEntry {
+            dst: peer.subnet,
+            gateway: peer.vtep_ip(),
+            oif,
+            onlink: true,
+            protocol: ROUTE_PROTO_WEFT,
+        },
     )
 }
 
@@ -79,13 +98,28 @@ pub fn plan(network: Ipv4Net, oif: u32, peers: &[Peer], observed: &Observed) -> 
     }
 
     let mut ops = Vec::new();
-    let have_neigh: BTreeSet<_> = observed.neighs.iter().filter(|n| network.contains(&n.ip)).copied().collect();
+    let have_neigh: BTreeSet<_> = observed
+        .neighs
+        .iter()
+        .filter(|n| network.contains(&n.ip))
+        .copied()
+        .collect();
     let have_fdb: BTreeSet<_> = observed.fdbs.iter().copied().collect();
     let have_route: BTreeSet<_> = observed.routes.iter().filter(|r| r.oif == oif).copied().collect();
 
     // Removals: owned entries no peer wants (a changed MAC or IP leaves the old one here).
-    ops.extend(have_neigh.iter().filter(|n| !want_neigh.contains_key(&n.ip)).map(|n| Op::RemoveNeigh(*n)));
-    ops.extend(have_fdb.iter().filter(|f| want_fdb.get(&f.mac) != Some(*f)).map(|f| Op::RemoveFdb(*f)));
+    ops.extend(
+        have_neigh
+            .iter()
+            .filter(|n| !want_neigh.contains_key(&n.ip))
+            .map(|n| Op::RemoveNeigh(*n)),
+    );
+    ops.extend(
+        have_fdb
+            .iter()
+            .filter(|f| want_fdb.get(&f.mac) != Some(*f))
+            .map(|f| Op::RemoveFdb(*f)),
+    );
     ops.extend(
         have_route
             .iter()
@@ -94,8 +128,23 @@ pub fn plan(network: Ipv4Net, oif: u32, peers: &[Peer], observed: &Observed) -> 
     );
 
     // Additions and corrections.
-    ops.extend(want_neigh.values().filter(|n| !have_neigh.contains(n)).map(|n| Op::EnsureNeigh(*n)));
-    ops.extend(want_fdb.values().filter(|f| !have_fdb.contains(f)).map(|f| Op::EnsureFdb(*f)));
-    ops.extend(want_route.values().filter(|r| !have_route.contains(r)).map(|r| Op::EnsureRoute(*r)));
+    ops.extend(
+        want_neigh
+            .values()
+            .filter(|n| !have_neigh.contains(n))
+            .map(|n| Op::EnsureNeigh(*n)),
+    );
+    ops.extend(
+        want_fdb
+            .values()
+            .filter(|f| !have_fdb.contains(f))
+            .map(|f| Op::EnsureFdb(*f)),
+    );
+    ops.extend(
+        want_route
+            .values()
+            .filter(|r| !have_route.contains(r))
+            .map(|r| Op::EnsureRoute(*r)),
+    );
     ops
 }

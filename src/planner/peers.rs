@@ -113,7 +113,10 @@ fn check(cfg: &NetworkConfig, host: &Host, lease: &Lease) -> Result<(), Rejectio
         return Err(Rejection::WrongLength { want: cfg.subnet_len });
     }
     if lease.vni != cfg.backend.vni {
-        return Err(Rejection::VniMismatch { want: cfg.backend.vni, got: lease.vni });
+        return Err(Rejection::VniMismatch {
+            want: cfg.backend.vni,
+            got: lease.vni,
+        });
     }
     if let Some(why) = public_ip_problem(lease.public_ip) {
         return Err(Rejection::BadPublicIp { why });
@@ -139,7 +142,10 @@ pub fn select_peers<'a>(cfg: &NetworkConfig, host: &Host, entries: impl IntoIter
         let lease = match Lease::from_entry(entry) {
             Ok(l) => l,
             Err(e) => {
-                out.rejected.push(Rejected { key: entry.key.clone(), rejection: Rejection::Malformed(e) });
+                out.rejected.push(Rejected {
+                    key: entry.key.clone(),
+                    rejection: Rejection::Malformed(e),
+                });
                 continue;
             }
         };
@@ -160,7 +166,10 @@ pub fn select_peers<'a>(cfg: &NetworkConfig, host: &Host, entries: impl IntoIter
                     vtep_mac: lease.vtep_mac,
                 });
             }
-            Err(rejection) => out.rejected.push(Rejected { key: entry.key.clone(), rejection }),
+            Err(rejection) => out.rejected.push(Rejected {
+                key: entry.key.clone(),
+                rejection,
+            }),
         }
     }
     out.peers.sort_by_key(|p| p.subnet);

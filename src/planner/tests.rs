@@ -21,7 +21,12 @@ fn mac(i: u8) -> Mac {
 
 fn peer(third: u8, m: u8, ip: [u8; 4]) -> Peer {
     let subnet: Ipv4Net = format!("10.0.{third}.0/24").parse().unwrap();
-    Peer { key: lease_key("/coreos.com/network", subnet), subnet, public_ip: Ipv4Addr::from(ip), vtep_mac: mac(m) }
+    Peer {
+        key: lease_key("/coreos.com/network", subnet),
+        subnet,
+        public_ip: Ipv4Addr::from(ip),
+        vtep_mac: mac(m),
+    }
 }
 
 /// A model of what the kernel does with each operation, keyed as the kernel keys its objects.
@@ -39,7 +44,9 @@ fn apply(obs: &Observed, ops: &[Op]) -> Observed {
                 o.fdbs.retain(|x| x.mac != f.mac);
                 o.fdbs.push(f);
             }
-            Op::RemoveRoute(r) => o.routes.retain(|x| !(x.dst == r.dst && x.oif == r.oif && x.protocol == r.protocol)),
+            Op::RemoveRoute(r) => o
+                .routes
+                .retain(|x| !(x.dst == r.dst && x.oif == r.oif && x.protocol == r.protocol)),
             Op::EnsureRoute(r) => {
                 o.routes.retain(|x| x.dst != r.dst);
                 o.routes.push(r);
@@ -67,7 +74,10 @@ fn fresh_host_gets_three_entries_per_peer_in_order() {
     let kinds: Vec<_> = ops.iter().map(|o| o.labels()).collect();
     assert_eq!(kinds, [("neigh", "ensure"), ("fdb", "ensure"), ("route", "ensure")]);
     assert_eq!(ops[2].to_string(), "route 10.0.48.0/24 via 10.0.48.0 onlink proto 87");
-    assert_eq!(ops[1].to_string(), "fdb 02:00:00:00:00:01 dst 198.51.100.10 self permanent");
+    assert_eq!(
+        ops[1].to_string(),
+        "fdb 02:00:00:00:00:01 dst 198.51.100.10 self permanent"
+    );
 }
 
 #[test]
@@ -87,7 +97,10 @@ fn changed_mac_leaves_no_old_fdb() {
         d.routes.extend(desired(&old).routes);
         d
     });
-    assert!(ops.contains(&Op::RemoveFdb(FdbEntry { mac: mac(1), dst: "198.51.100.10".parse().unwrap() })));
+    assert!(ops.contains(&Op::RemoveFdb(FdbEntry {
+        mac: mac(1),
+        dst: "198.51.100.10".parse().unwrap()
+    })));
 }
 
 #[test]
@@ -120,9 +133,19 @@ fn foreign_entries_are_left_alone_but_flannel_routes_are_taken_over() {
         onlink: true,
         protocol: 3, // boot: flannel's, or an operator's
     };
-    let other_dev_route = RouteEntry { oif: OTHER_DEV, protocol: ROUTE_PROTO_WEFT, ..foreign_route };
-    let flannel_route = RouteEntry { protocol: 3, ..peer_entries(&peers[0], DEV).2 };
-    let foreign_neigh = NeighEntry { ip: "192.0.2.77".parse().unwrap(), mac: mac(50) };
+    let other_dev_route = RouteEntry {
+        oif: OTHER_DEV,
+        protocol: ROUTE_PROTO_WEFT,
+        ..foreign_route
+    };
+    let flannel_route = RouteEntry {
+        protocol: 3,
+        ..peer_entries(&peers[0], DEV).2
+    };
+    let foreign_neigh = NeighEntry {
+        ip: "192.0.2.77".parse().unwrap(),
+        mac: mac(50),
+    };
     obs.routes = vec![foreign_route, other_dev_route, flannel_route];
     obs.neighs = vec![foreign_neigh];
     let ops = plan(net(), DEV, &peers, &obs);
@@ -135,13 +158,22 @@ fn foreign_entries_are_left_alone_but_flannel_routes_are_taken_over() {
 }
 
 fn entry(key: &str, value: &str, rev: i64) -> Entry {
-    Entry { key: key.into(), value: value.into(), create_revision: rev, mod_revision: rev, expires_at: None }
+    Entry {
+        key: key.into(),
+        value: value.into(),
+        create_revision: rev,
+        mod_revision: rev,
+        expires_at: None,
+    }
 }
 
 #[test]
 fn select_peers_refuses_bad_leases_with_reasons() {
     let cfg = NetworkConfig::parse(r#"{"Network":"10.0.0.0/16"}"#).unwrap();
-    let host = Host { public_ip: "192.0.2.10".parse().unwrap(), subnet: Some("10.0.37.0/24".parse().unwrap()) };
+    let host = Host {
+        public_ip: "192.0.2.10".parse().unwrap(),
+        subnet: Some("10.0.37.0/24".parse().unwrap()),
+    };
     let k = |s: &str| format!("/coreos.com/network/subnets/{s}");
     let v = |ip: &str, vni: u32, m: &str| vxlan_lease_value(ip.parse().unwrap(), vni, m.parse().unwrap());
     let entries = vec![
@@ -201,11 +233,22 @@ fn arb_peers() -> impl Strategy<Value = Vec<Peer>> {
 
 fn arb_observed() -> impl Strategy<Value = Observed> {
     let neigh = (1u8..60, 1u8..200, any::<bool>()).prop_map(|(t, m, inside)| NeighEntry {
-        ip: if inside { Ipv4Addr::new(10, 0, t, 0) } else { Ipv4Addr::new(192, 0, 2, t) },
+        ip: if inside {
+            Ipv4Addr::new(10, 0, t, 0)
+        } else {
+            Ipv4Addr::new(192, 0, 2, t)
+        },
         mac: mac(m),
     });
-    let fdb = (1u8..200, 1u8..250).prop_map(|(m, h)| FdbEntry { mac: mac(m), dst: Ipv4Addr::new(198, 51, 100, h) });
-    let route = (1u8..60, prop_oneof![Just(ROUTE_PROTO_WEFT), Just(3u8), Just(4u8)], prop_oneof![Just(DEV), Just(OTHER_DEV)])
+    let fdb = (1u8..200, 1u8..250).prop_map(|(m, h)| FdbEntry {
+        mac: mac(m),
+        dst: Ipv4Addr::new(198, 51, 100, h),
+    });
+    let route = (
+        1u8..60,
+        prop_oneof![Just(ROUTE_PROTO_WEFT), Just(3u8), Just(4u8)],
+        prop_oneof![Just(DEV), Just(OTHER_DEV)],
+    )
         .prop_map(|(t, protocol, oif)| RouteEntry {
             dst: format!("10.0.{t}.0/24").parse().unwrap(),
             gateway: Ipv4Addr::new(10, 0, t, 0),

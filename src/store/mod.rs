@@ -73,12 +73,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates `key` only if it does not exist (etcd: txn on `create_revision == 0`).
     /// `Ok(None)` when the key already exists.
-    async fn create(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<Option<Entry>, StoreError>;
+    async fn create(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<Entry>, StoreError>;
 
     /// Rewrites `key` with `value` and a fresh `ttl`, only if its `mod_revision` is still
     /// `expected`. `Ok(None)` when the key is gone or was changed by someone else.
@@ -95,19 +90,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Streams every change under `prefix` made after revision `after`, in revision order.
     /// The channel closes if the store goes away; a `Resync` means history was lost.
-    async fn watch(
-        &self,
-        prefix: &str,
-        after: Revision,
-    ) -> Result<mpsc::Receiver<WatchEvent>, StoreError>;
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<mpsc::Receiver<WatchEvent>, StoreError>;
 }
 
 /// Opens the store named by a `--store` value: `sqlite:PATH`.
 pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     match url.split_once(':') {
-        Some(("sqlite", path)) if !path.is_empty() => {
-            Ok(Arc::new(sqlite::SqliteStore::open(path)?))
-        }
+        Some(("sqlite", path)) if !path.is_empty() => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
         _ => Err(StoreError::BadUrl(url.to_string())),
     }
 }

@@ -110,9 +110,7 @@ impl Inner {
     /// A panic while holding the lock leaves the connection usable (an open transaction is
     /// rolled back when dropped), so poisoning is ignored.
     fn lock_conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `f` in a write transaction; after a commit that changed something, pokes the file
@@ -140,12 +138,8 @@ impl Inner {
             return Ok(rx.clone());
         }
         let weak = Arc::downgrade(self);
-        let rx = notify::spawn(
-            &self.path,
-            move || purge_tick(&weak),
-            Arc::clone(&self.stop),
-        )
-        .map_err(|e| self.backend("watch: starting inotify notifier", e))?;
+        let rx = notify::spawn(&self.path, move || purge_tick(&weak), Arc::clone(&self.stop))
+            .map_err(|e| self.backend("watch: starting inotify notifier", e))?;
         *notifier = Some(rx.clone());
         Ok(rx)
     }
@@ -192,10 +186,9 @@ async fn watch_loop(
         ticks.borrow_and_update();
         let p = prefix.clone();
         let read = inner
-            .run(
-                format!("watch {prefix:?} after revision {last}"),
-                move |conn| ops::changes_since(conn, &p, last),
-            )
+            .run(format!("watch {prefix:?} after revision {last}"), move |conn| {
+                ops::changes_since(conn, &p, last)
+            })
             .await;
         match read {
             Ok(ops::Changes::Events { events, head }) => {
@@ -232,9 +225,7 @@ impl Store for SqliteStore {
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let k = key.to_string();
-        self.inner
-            .run(format!("get {key:?}"), move |c| ops::get(c, &k))
-            .await
+        self.inner.run(format!("get {key:?}"), move |c| ops::get(c, &k)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
@@ -251,12 +242,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn create(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<Option<Entry>, StoreError> {
+    async fn create(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<Entry>, StoreError> {
         let (k, v) = (key.to_string(), value.to_string());
         self.inner
             .write(format!("create {key:?}"), move |tx, now| {
@@ -274,10 +260,9 @@ impl Store for SqliteStore {
     ) -> Result<Option<Entry>, StoreError> {
         let (k, v) = (key.to_string(), value.to_string());
         self.inner
-            .write(
-                format!("refresh {key:?} at revision {expected}"),
-                move |tx, now| ops::refresh(tx, now, &k, &v, ttl, expected),
-            )
+            .write(format!("refresh {key:?} at revision {expected}"), move |tx, now| {
+                ops::refresh(tx, now, &k, &v, ttl, expected)
+            })
             .await
     }
 
@@ -288,11 +273,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn watch(
-        &self,
-        prefix: &str,
-        after: Revision,
-    ) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {
         let ticks = self.inner.subscribe()?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(watch_loop(

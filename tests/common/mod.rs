@@ -1,6 +1,8 @@
 //! Helpers shared by the lab-based integration tests.
 #![allow(dead_code)]
 
+pub mod kernel;
+
 use std::path::PathBuf;
 
 /// True if the test can run. Lab tests need root (network namespaces): without it they print a

@@ -39,10 +39,7 @@ impl DbFiles {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let db = db_path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
+        let db = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         let mut wal = db.clone();
         wal.push("-wal");
         DbFiles { dir, db, wal }
@@ -70,14 +67,14 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> io::Result<watch::Receiver<u64>> {
     let files = DbFiles::new(db_path);
-    let inotify =
-        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(io::Error::from)?;
-    inotify
-        .add_watch(
-            &files.dir,
-            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_ATTRIB,
-        )
-        .map_err(io::Error::from)?;
+    // Without inotify (e.g. the per-user instance limit is reached) watches still work, only
+    // at the pace of the fallback poll.
+    let inotify = watch_dir(&files.dir)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, dir = %files.dir.display(),
+                "store: inotify unavailable, watchers fall back to polling every second")
+        })
+        .ok();
     let (tx, rx) = watch::channel(0u64);
     std::thread::Builder::new()
         .name("weft-store-notify".into())
@@ -86,10 +83,19 @@ pub fn spawn(
                 return;
             }
             let timeout = tick().min(FALLBACK_POLL);
-            wait(&inotify, &files, timeout);
+            match &inotify {
+                Some(inotify) => wait(inotify, &files, timeout),
+                None => std::thread::sleep(timeout),
+            }
             tx.send_modify(|generation| *generation = generation.wrapping_add(1));
         })?;
     Ok(rx)
+}
+
+fn watch_dir(dir: &Path) -> nix::Result<Inotify> {
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+    inotify.add_watch(dir, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_ATTRIB)?;
+    Ok(inotify)
 }
 
 /// Sleeps until a relevant file event or `timeout`, whichever comes first.
@@ -124,9 +130,7 @@ fn drain(inotify: &Inotify, files: &DbFiles) -> bool {
         match inotify.read_events() {
             Ok(events) if events.is_empty() => return relevant,
             Ok(events) => {
-                relevant |= events
-                    .iter()
-                    .any(|e| files.is_relevant(e.mask, e.name.as_ref()));
+                relevant |= events.iter().any(|e| files.is_relevant(e.mask, e.name.as_ref()));
             }
             Err(Errno::EAGAIN) => return relevant,
             Err(Errno::EINTR) => continue,
@@ -159,13 +163,7 @@ pub fn poke(db_path: &Path) {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
     let now = TimeSpec::UTIME_NOW;
-    if let Err(e) = utimensat(
-        nix::fcntl::AT_FDCWD,
-        db_path,
-        &now,
-        &now,
-        UtimensatFlags::FollowSymlink,
-    ) {
+    if let Err(e) = utimensat(nix::fcntl::AT_FDCWD, db_path, &now, &now, UtimensatFlags::FollowSymlink) {
         // Watchers still see the commit through the WAL write or the fallback poll.
         tracing::debug!(error = %e, path = %db_path.display(), "store: cannot touch database file");
     }

@@ -82,25 +82,17 @@ pub fn list(conn: &mut Connection, prefix: &str) -> rusqlite::Result<Listing> {
 /// What a watcher gets when it asks for the changes after `after`.
 pub enum Changes {
     /// Changes after `after` up to `head`, in order (possibly none).
-    Events {
-        events: Vec<WatchEvent>,
-        head: Revision,
-    },
+    Events { events: Vec<WatchEvent>, head: Revision },
     /// Events after `after` were already discarded; the watcher continues from `head`.
     Lost { head: Revision },
 }
 
-pub fn changes_since(
-    conn: &mut Connection,
-    prefix: &str,
-    after: Revision,
-) -> rusqlite::Result<Changes> {
+pub fn changes_since(conn: &mut Connection, prefix: &str, after: Revision) -> rusqlite::Result<Changes> {
     let tx = conn.transaction()?;
-    let (head, compacted): (Revision, Revision) = tx.query_row(
-        "SELECT revision, compacted FROM meta WHERE id = 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (head, compacted): (Revision, Revision) =
+        tx.query_row("SELECT revision, compacted FROM meta WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     if after < compacted {
         return Ok(Changes::Lost { head });
     }
@@ -176,9 +168,8 @@ pub fn write<T>(
 /// Deletes every key whose TTL has passed, one Delete event each.
 fn purge_expired(tx: &Transaction, now: i64) -> rusqlite::Result<()> {
     let expired: Vec<String> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT key FROM kv WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
-        )?;
+        let mut stmt =
+            tx.prepare_cached("SELECT key FROM kv WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1")?;
         let rows = stmt.query_map([now], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
@@ -200,8 +191,7 @@ pub fn purge_if_due(conn: &mut Connection, history: i64) -> rusqlite::Result<boo
 
 fn compact(tx: &Transaction, head: Revision, history: i64) -> rusqlite::Result<()> {
     let floor = head - history;
-    let compacted: Revision =
-        tx.query_row("SELECT compacted FROM meta WHERE id = 1", [], |r| r.get(0))?;
+    let compacted: Revision = tx.query_row("SELECT compacted FROM meta WHERE id = 1", [], |r| r.get(0))?;
     if floor > compacted {
         tx.execute("DELETE FROM events WHERE rev <= ?1", [floor])?;
         tx.execute("UPDATE meta SET compacted = ?1 WHERE id = 1", [floor])?;
@@ -226,19 +216,15 @@ fn store(tx: &Transaction, e: &Entry) -> rusqlite::Result<()> {
              mod_rev = excluded.mod_rev, expires_at_ms = excluded.expires_at_ms",
     )?
     .execute(params![e.key, e.value, e.create_revision, e.mod_revision, expires])?;
-    tx.prepare_cached(
-        "INSERT INTO events (rev, key, value, create_rev, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![e.mod_revision, e.key, e.value, e.create_revision, expires])?;
+    tx.prepare_cached("INSERT INTO events (rev, key, value, create_rev, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![e.mod_revision, e.key, e.value, e.create_revision, expires])?;
     Ok(())
 }
 
 /// Deletes `key` from `kv` and records a Delete event; false if it was not there.
 fn remove(tx: &Transaction, key: &str) -> rusqlite::Result<bool> {
     let create_rev: Option<Revision> = tx
-        .query_row("SELECT create_rev FROM kv WHERE key = ?1", [key], |r| {
-            r.get(0)
-        })
+        .query_row("SELECT create_rev FROM kv WHERE key = ?1", [key], |r| r.get(0))
         .optional()?;
     let Some(create_rev) = create_rev else {
         return Ok(false);
@@ -254,11 +240,9 @@ fn remove(tx: &Transaction, key: &str) -> rusqlite::Result<bool> {
 
 /// `(create_rev, mod_rev)` of a live key. Expired keys are already purged inside `write`.
 fn revisions(tx: &Transaction, key: &str) -> rusqlite::Result<Option<(Revision, Revision)>> {
-    tx.query_row(
-        "SELECT create_rev, mod_rev FROM kv WHERE key = ?1",
-        [key],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
+    tx.query_row("SELECT create_rev, mod_rev FROM kv WHERE key = ?1", [key], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
     .optional()
 }
 
@@ -276,13 +260,7 @@ pub fn put(tx: &Transaction, key: &str, value: &str) -> rusqlite::Result<Revisio
     Ok(rev)
 }
 
-pub fn create(
-    tx: &Transaction,
-    now: i64,
-    key: &str,
-    value: &str,
-    ttl: Duration,
-) -> rusqlite::Result<Option<Entry>> {
+pub fn create(tx: &Transaction, now: i64, key: &str, value: &str, ttl: Duration) -> rusqlite::Result<Option<Entry>> {
     if revisions(tx, key)?.is_some() {
         return Ok(None);
     }

@@ -100,9 +100,7 @@ fn retry_while_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::
     let deadline = Instant::now() + BUSY_TIMEOUT;
     loop {
         match f() {
-            Err(e) if is_busy(&e) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
+            Err(e) if is_busy(&e) && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             other => return other,
         }
     }

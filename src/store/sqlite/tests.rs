@@ -7,11 +7,7 @@ const LONG: Duration = Duration::from_secs(3600);
 
 fn db_path(dir: &TempDir) -> String {
     // A sub-directory that does not exist yet: `open` must create it.
-    dir.path()
-        .join("state")
-        .join("store.db")
-        .to_string_lossy()
-        .into_owned()
+    dir.path().join("state").join("store.db").to_string_lossy().into_owned()
 }
 
 fn open(dir: &TempDir) -> SqliteStore {
@@ -52,11 +48,7 @@ async fn create_only_if_absent() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
     let before = SystemTime::now();
-    let e = store
-        .create("lease/a", "1", LONG)
-        .await
-        .unwrap()
-        .expect("created");
+    let e = store.create("lease/a", "1", LONG).await.unwrap().expect("created");
     assert_eq!((e.key.as_str(), e.value.as_str()), ("lease/a", "1"));
     assert_eq!(e.create_revision, 1);
     assert_eq!(e.mod_revision, 1);
@@ -78,10 +70,7 @@ async fn put_get_delete() {
     let r2 = store.put("config", "{\"a\":1}").await.unwrap();
     assert!(r2 > r1);
     let e = store.get("config").await.unwrap().expect("present");
-    assert_eq!(
-        (e.create_revision, e.mod_revision, e.expires_at),
-        (r1, r2, None)
-    );
+    assert_eq!((e.create_revision, e.mod_revision, e.expires_at), (r1, r2, None));
     assert_eq!(e.value, "{\"a\":1}");
     assert!(store.delete("config").await.unwrap());
     assert!(!store.delete("config").await.unwrap());
@@ -99,10 +88,7 @@ async fn refresh_checks_expected_revision() {
         .unwrap();
     // Wrong revision: refused, nothing changes.
     assert_eq!(
-        store
-            .refresh("lease/a", "x", LONG, e.mod_revision + 7)
-            .await
-            .unwrap(),
+        store.refresh("lease/a", "x", LONG, e.mod_revision + 7).await.unwrap(),
         None
     );
     assert_eq!(store.get("lease/a").await.unwrap(), Some(e.clone()));
@@ -118,18 +104,9 @@ async fn refresh_checks_expected_revision() {
     assert!(r.expires_at > e.expires_at);
     assert_eq!(store.get("lease/a").await.unwrap(), Some(r.clone()));
     // The old revision is stale now.
-    assert_eq!(
-        store
-            .refresh("lease/a", "3", LONG, e.mod_revision)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(store.refresh("lease/a", "3", LONG, e.mod_revision).await.unwrap(), None);
     // A missing key cannot be refreshed.
-    assert_eq!(
-        store.refresh("lease/none", "3", LONG, 0).await.unwrap(),
-        None
-    );
+    assert_eq!(store.refresh("lease/none", "3", LONG, 0).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -158,13 +135,7 @@ async fn expiry_hides_then_deletes_with_event() {
         .collect();
     assert_eq!(keys, ["lease/keep"]);
     // Expired leases cannot be refreshed.
-    assert_eq!(
-        store
-            .refresh("lease/a", "1", LONG, e.mod_revision)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(store.refresh("lease/a", "1", LONG, e.mod_revision).await.unwrap(), None);
 
     // ...and actually deleted, with a revision of its own.
     let ev = next(&mut rx, 3).await;
@@ -229,10 +200,7 @@ async fn expiry_is_purged_by_a_watcher_without_any_write() {
     let start = Instant::now();
     assert!(matches!(next(&mut rx, 3).await, WatchEvent::Delete { .. }));
     // The notifier wakes up at the expiry, not at the next 1 s poll.
-    eprintln!(
-        "expiry noticed {:?} after create (ttl 200ms)",
-        start.elapsed()
-    );
+    eprintln!("expiry noticed {:?} after create (ttl 200ms)", start.elapsed());
 }
 
 #[tokio::test]
@@ -310,10 +278,7 @@ async fn watch_task_stops_when_receiver_is_dropped() {
     drop(rx);
     let deadline = Instant::now() + Duration::from_secs(3);
     while Arc::strong_count(&store.inner) > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "watch task still holds the store"
-        );
+        assert!(Instant::now() < deadline, "watch task still holds the store");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -392,10 +357,7 @@ fn twenty_stores_race_create_on_the_same_keys() {
             })
         })
         .collect();
-    let mut won: Vec<String> = threads
-        .into_iter()
-        .flat_map(|t| t.join().expect("thread ok"))
-        .collect();
+    let mut won: Vec<String> = threads.into_iter().flat_map(|t| t.join().expect("thread ok")).collect();
     won.sort();
     assert_eq!(won, keys, "each key created exactly once");
 }
@@ -428,11 +390,7 @@ async fn another_process_writes_and_its_lease_expires() {
     let store = SqliteStore::open(&path).unwrap();
     let mut rx = store.watch("proc/", 0).await.unwrap();
     let status = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "store::sqlite::tests::child_process",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "store::sqlite::tests::child_process", "--test-threads=1"])
         .env(CHILD_ENV, &path)
         .stdout(std::process::Stdio::null())
         .status()
@@ -445,9 +403,7 @@ async fn another_process_writes_and_its_lease_expires() {
         other => panic!("unexpected {other:?}"),
     };
     // The child is gone; our process notices the expiry and deletes the lease.
-    assert!(
-        matches!(next(&mut rx, 3).await, WatchEvent::Delete { key, .. } if key == "proc/lease")
-    );
+    assert!(matches!(next(&mut rx, 3).await, WatchEvent::Delete { key, .. } if key == "proc/lease"));
     let late = SystemTime::now()
         .duration_since(lease.expires_at.unwrap())
         .unwrap_or_default();
@@ -495,12 +451,13 @@ async fn apply(store: &SqliteStore, model: &mut Model, rev: &mut Revision, op: &
         }
         Op::Create(k, v) => {
             let got = store.create(&key(*k), &v.to_string(), LONG).await.unwrap();
-            if model.contains_key(&key(*k)) {
-                assert_eq!(got, None);
-            } else {
-                *rev += 1;
-                assert_eq!(got.map(|e| e.mod_revision), Some(*rev));
-                model.insert(key(*k), (v.to_string(), *rev, *rev));
+            match model.entry(key(*k)) {
+                std::collections::btree_map::Entry::Occupied(_) => assert_eq!(got, None),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    *rev += 1;
+                    assert_eq!(got.map(|e| e.mod_revision), Some(*rev));
+                    slot.insert((v.to_string(), *rev, *rev));
+                }
             }
         }
         Op::Delete(k) => {
@@ -513,17 +470,11 @@ async fn apply(store: &SqliteStore, model: &mut Model, rev: &mut Revision, op: &
         Op::Refresh(k, v, fresh) => {
             let current = model.get(&key(*k)).map_or(0, |m| m.2);
             let expected = if *fresh { current } else { current + 1 };
-            let got = store
-                .refresh(&key(*k), &v.to_string(), LONG, expected)
-                .await
-                .unwrap();
+            let got = store.refresh(&key(*k), &v.to_string(), LONG, expected).await.unwrap();
             match model.get_mut(&key(*k)) {
                 Some(m) if *fresh => {
                     *rev += 1;
-                    assert_eq!(
-                        got.map(|e| (e.create_revision, e.mod_revision)),
-                        Some((m.1, *rev))
-                    );
+                    assert_eq!(got.map(|e| (e.create_revision, e.mod_revision)), Some((m.1, *rev)));
                     *m = (v.to_string(), m.1, *rev);
                 }
                 _ => assert_eq!(got, None),
@@ -618,7 +569,5 @@ async fn many_agents_converge() {
     for w in seen_all.collect::<Vec<_>>() {
         worst = worst.max(w.await.unwrap());
     }
-    eprintln!(
-        "{AGENTS} agents: all creates done in {writes_done:?}, every watcher saw all in {worst:?}"
-    );
+    eprintln!("{AGENTS} agents: all creates done in {writes_done:?}, every watcher saw all in {worst:?}");
 }
