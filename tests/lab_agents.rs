@@ -41,14 +41,7 @@ async fn a_three_host_overlay_converges_grows_and_shrinks() {
     // kill -9 and restart of an agent under a 20 ms pinger: the datapath stays up.
     let h1 = lab.namespace("h1").unwrap().to_string();
     let to = lab.overlay_ip("h2").await.unwrap().unwrap();
-    let pinger = Pinger::start(
-        &h1,
-        to,
-        Duration::from_millis(20),
-        1000,
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let pinger = Pinger::start(&h1, to, Duration::from_millis(20), 1000, Duration::from_secs(10)).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     lab.kill_agent("h2", Signal::SIGKILL).unwrap();
     assert_eq!(lab.agent_pid("h2"), None);

@@ -14,9 +14,7 @@ async fn three_hosts_reach_each_other_across_the_router() {
         return;
     }
     let name = lab_name();
-    let lab = Lab::up(LabOptions::topology_only(&name, 3))
-        .await
-        .expect("lab up");
+    let lab = Lab::up(LabOptions::topology_only(&name, 3)).await.expect("lab up");
     let mut ns = namespaces_of(&name);
     ns.sort();
     assert_eq!(
@@ -29,24 +27,17 @@ async fn three_hosts_reach_each_other_across_the_router() {
         ]
     );
     assert_eq!(lab.underlay_ip("h1").unwrap(), Ipv4Addr::new(192, 0, 2, 10));
-    assert_eq!(
-        lab.underlay_ip("h3").unwrap(),
-        Ipv4Addr::new(203, 0, 113, 10)
-    );
+    assert_eq!(lab.underlay_ip("h3").unwrap(), Ipv4Addr::new(203, 0, 113, 10));
 
     // Every host reaches every other host's underlay address (routed: three different racks).
     let hosts = lab.host_names();
     let mut pairs = Vec::new();
     for a in &hosts {
         for b in hosts.iter().filter(|b| *b != a) {
-            pairs.push((
-                lab.namespace(a).unwrap().to_string(),
-                lab.underlay_ip(b).unwrap(),
-            ));
+            pairs.push((lab.namespace(a).unwrap().to_string(), lab.underlay_ip(b).unwrap()));
         }
     }
-    let answered =
-        probe::wait_all(&pairs, Duration::from_millis(5), Duration::from_secs(5)).unwrap();
+    let answered = probe::wait_all(&pairs, Duration::from_millis(5), Duration::from_secs(5)).unwrap();
     assert!(
         answered.iter().all(Option::is_some),
         "unanswered: {pairs:?} {answered:?}"
@@ -56,12 +47,7 @@ async fn three_hosts_reach_each_other_across_the_router() {
     assert!(probe::reach(h1, Ipv4Addr::new(203, 0, 113, 10), Duration::from_secs(1)).unwrap());
     // An address nobody has: one echo, no answer, bounded wait.
     let t = std::time::Instant::now();
-    assert!(!probe::reach(
-        h1,
-        Ipv4Addr::new(203, 0, 113, 99),
-        Duration::from_millis(200)
-    )
-    .unwrap());
+    assert!(!probe::reach(h1, Ipv4Addr::new(203, 0, 113, 99), Duration::from_millis(200)).unwrap());
     assert!(t.elapsed() < Duration::from_secs(1));
 
     // The host side is what the agent will see: eth0 with the rack address, default via .1.
@@ -71,10 +57,7 @@ async fn three_hosts_reach_each_other_across_the_router() {
         "default via 198.51.100.1 dev eth0"
     );
     // Nothing of the lab in the root namespace.
-    let links = std::process::Command::new("ip")
-        .args(["-o", "link"])
-        .output()
-        .unwrap();
+    let links = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&links.stdout).contains(&name),
         "lab links in the root namespace"
@@ -90,11 +73,7 @@ async fn three_hosts_reach_each_other_across_the_router() {
     )
     .unwrap();
     let stats = pinger.wait().unwrap();
-    assert_eq!(
-        (stats.sent, stats.received, stats.lost),
-        (25, 25, 0),
-        "{stats:?}"
-    );
+    assert_eq!((stats.sent, stats.received, stats.lost), (25, 25, 0), "{stats:?}");
     // Stopped early, it counts what it sent; a dead destination shows up as lost.
     let pinger = Pinger::start(
         h1,
@@ -121,29 +100,19 @@ async fn hosts_can_be_added_and_removed() {
         return;
     }
     let name = lab_name();
-    let mut lab = Lab::up(LabOptions::topology_only(&name, 2))
-        .await
-        .expect("lab up");
+    let mut lab = Lab::up(LabOptions::topology_only(&name, 2)).await.expect("lab up");
     let added = lab.add_host().await.unwrap();
     assert_eq!(added.name, "h3");
     let added = lab.add_host().await.unwrap();
     assert_eq!(added.name, "h4");
-    assert_eq!(
-        lab.underlay_ip("h4").unwrap(),
-        Ipv4Addr::new(198, 18, 0, 10)
-    );
+    assert_eq!(lab.underlay_ip("h4").unwrap(), Ipv4Addr::new(198, 18, 0, 10));
     let h1 = lab.namespace("h1").unwrap().to_string();
     assert!(probe::reach(&h1, Ipv4Addr::new(198, 18, 0, 10), Duration::from_secs(1)).unwrap());
 
     lab.remove_host("h2").await.unwrap();
     assert_eq!(lab.host_names(), ["h1", "h3", "h4"]);
     assert!(!namespaces_of(&name).contains(&format!("{name}-h2")));
-    assert!(!probe::reach(
-        &h1,
-        Ipv4Addr::new(198, 51, 100, 10),
-        Duration::from_millis(200)
-    )
-    .unwrap());
+    assert!(!probe::reach(&h1, Ipv4Addr::new(198, 51, 100, 10), Duration::from_millis(200)).unwrap());
     // Another process sees the same lab.
     let other = Lab::open(&name).unwrap();
     assert_eq!(other.host_names(), ["h1", "h3", "h4"]);
@@ -166,9 +135,7 @@ fn the_guard_cleans_up_when_a_test_panics() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let _lab = Lab::up(LabOptions::topology_only(&n, 2))
-                .await
-                .expect("lab up");
+            let _lab = Lab::up(LabOptions::topology_only(&n, 2)).await.expect("lab up");
             assert_eq!(namespaces_of(&n).len(), 3);
             panic!("deliberate");
         })
@@ -198,11 +165,7 @@ async fn down_cleans_up_after_a_lab_whose_owner_died() {
     std::thread::sleep(Duration::from_millis(100));
     // A second `up` with the same name refuses.
     let again = Lab::up(LabOptions::topology_only(&name, 2)).await;
-    assert!(
-        matches!(again, Err(lab::LabError::Exists { .. })),
-        "{:?}",
-        again.err()
-    );
+    assert!(matches!(again, Err(lab::LabError::Exists { .. })), "{:?}", again.err());
 
     let removed = lab::down(&name).unwrap();
     assert_eq!(removed.len(), 3);
@@ -220,10 +183,6 @@ async fn bad_names_are_refused_before_anything_is_made() {
     }
     for bad in ["", "UPPER", "toolongname", "a-b"] {
         let r = Lab::up(LabOptions::topology_only(bad, 1)).await;
-        assert!(
-            matches!(r, Err(lab::LabError::BadName(_))),
-            "{bad}: {:?}",
-            r.err()
-        );
+        assert!(matches!(r, Err(lab::LabError::BadName(_))), "{bad}: {:?}", r.err());
     }
 }

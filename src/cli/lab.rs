@@ -91,14 +91,13 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
                     env: Vec::new(),
                 },
                 agents: !no_agents,
-                wait: (!no_agents)
-                    .then(|| timeout.unwrap_or(Duration::from_secs(30 + u64::from(nodes)))),
+                wait: (!no_agents).then(|| timeout.unwrap_or(Duration::from_secs(30 + u64::from(nodes)))),
                 ..LabOptions::new(&name, nodes)
             };
             let started = std::time::Instant::now();
-            let lab = Lab::up(opts).await.with_context(|| {
-                format!("lab {name}: up failed (everything made was removed again)")
-            })?;
+            let lab = Lab::up(opts)
+                .await
+                .with_context(|| format!("lab {name}: up failed (everything made was removed again)"))?;
             // The agents run on after we exit; `weft lab down` removes them.
             let lab = lab.detach();
             print_status(&lab).await?;
@@ -109,7 +108,11 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
                     t.as_millis(),
                     started.elapsed().as_millis()
                 ),
-                None => println!("{} hosts up, no agents ({} ms)", lab.hosts().len(), started.elapsed().as_millis()),
+                None => println!(
+                    "{} hosts up, no agents ({} ms)",
+                    lab.hosts().len(),
+                    started.elapsed().as_millis()
+                ),
             }
             println!("state and agent logs: {}", lab.dir().display());
             Ok(())
@@ -143,16 +146,10 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
         LabCommand::Status { name } => print_status(&Lab::open(&name)?).await,
         LabCommand::Check { name } => {
             let lab = Lab::open(&name)?;
-            let report = lab
-                .check()
-                .await
-                .with_context(|| format!("lab {name}: check"))?;
+            let report = lab.check().await.with_context(|| format!("lab {name}: check"))?;
             print!("{report}");
             if !report.ok() {
-                bail!(
-                    "lab {name}: {} of the pairs do not answer",
-                    report.failures().len()
-                );
+                bail!("lab {name}: {} of the pairs do not answer", report.failures().len());
             }
             Ok(())
         }
@@ -166,12 +163,7 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
 
 async fn print_status(lab: &Lab) -> Result<()> {
     let hosts = lab.status().await?;
-    println!(
-        "lab {} ({} hosts, store {})",
-        lab.name(),
-        hosts.len(),
-        lab.store_url()
-    );
+    println!("lab {} ({} hosts, store {})", lab.name(), hosts.len(), lab.store_url());
     println!(
         "{:<6} {:<16} {:<18} {:<14} {:<18}",
         "host", "underlay", "rack", "agent", "lease"

@@ -76,17 +76,7 @@ pub fn command_line(l: &Launch) -> Vec<String> {
         l.namespace.into(),
         l.bin.display().to_string(),
     ];
-    v.extend(
-        [
-            "agent",
-            "--store",
-            l.store_url,
-            "--iface",
-            "eth0",
-            "--subnet-file",
-        ]
-        .map(String::from),
-    );
+    v.extend(["agent", "--store", l.store_url, "--iface", "eth0", "--subnet-file"].map(String::from));
     v.push(l.subnet_file.display().to_string());
     if l.prefix != crate::network::DEFAULT_PREFIX {
         v.extend(["--etcd-prefix".to_string(), l.prefix.to_string()]);
@@ -97,8 +87,7 @@ pub fn command_line(l: &Launch) -> Vec<String> {
 
 pub fn spawn(l: &Launch) -> Result<Child> {
     if let Some(dir) = l.log.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(LabError::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
     }
     let open_log = || {
         std::fs::OpenOptions::new()

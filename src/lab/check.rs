@@ -78,9 +78,7 @@ impl fmt::Display for CheckReport {
             for (src, dst, why) in failures.iter().take(50) {
                 let j = self.hosts.iter().position(|h| h == dst).unwrap_or(0);
                 match (why, self.overlay.get(j).copied().flatten()) {
-                    (Cell::NoLease, _) | (_, None) => {
-                        writeln!(f, "  {src} -> {dst}: {dst} has no lease")?
-                    }
+                    (Cell::NoLease, _) | (_, None) => writeln!(f, "  {src} -> {dst}: {dst} has no lease")?,
                     (_, Some(ip)) => writeln!(f, "  {src} -> {dst} ({ip}): no answer")?,
                 }
             }
@@ -101,10 +99,7 @@ mod tests {
         let r = CheckReport {
             hosts: vec!["h1".into(), "h2".into()],
             overlay: vec![Some(Ipv4Addr::new(10, 0, 1, 0)), None],
-            cells: vec![
-                vec![Cell::Own, Cell::NoLease],
-                vec![Cell::Unanswered, Cell::Own],
-            ],
+            cells: vec![vec![Cell::Own, Cell::NoLease], vec![Cell::Unanswered, Cell::Own]],
         };
         assert!(!r.ok());
         let text = r.to_string();

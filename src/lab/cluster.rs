@@ -203,10 +203,7 @@ impl Lab {
         }
 
         let plans: Vec<HostPlan> = (1..=opts.nodes)
-            .map(|i| {
-                topology::host_plan(&name, i)
-                    .ok_or_else(|| invalid(format!("no rack for host {i}")))
-            })
+            .map(|i| topology::host_plan(&name, i).ok_or_else(|| invalid(format!("no rack for host {i}"))))
             .collect::<Result<_>>()?;
         let state = LabState {
             name: name.clone(),
@@ -226,8 +223,7 @@ impl Lab {
         };
         for p in &plans {
             let d = state::host_dir(&dir, &p.name);
-            std::fs::create_dir_all(&d)
-                .map_err(LabError::io(format!("creating {}", d.display())))?;
+            std::fs::create_dir_all(&d).map_err(LabError::io(format!("creating {}", d.display())))?;
         }
         // Recorded before anything is created, so `down` finds everything even if we die now.
         state.save(&dir)?;
@@ -318,11 +314,7 @@ impl Lab {
 
     /// `["h1", "h2", …]`.
     pub fn host_names(&self) -> Vec<String> {
-        self.state
-            .hosts
-            .iter()
-            .map(|h| h.plan.name.clone())
-            .collect()
+        self.state.hosts.iter().map(|h| h.plan.name.clone()).collect()
     }
 
     pub fn host(&self, host: &str) -> Result<&HostPlan> {
@@ -363,8 +355,8 @@ impl Lab {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }
-        let s = store::open(&self.state.store_url)
-            .map_err(LabError::store(format!("opening {}", self.state.store_url)))?;
+        let s =
+            store::open(&self.state.store_url).map_err(LabError::store(format!("opening {}", self.state.store_url)))?;
         Ok(self.store.get_or_init(|| s).clone())
     }
 
@@ -400,11 +392,7 @@ impl Lab {
             .collect();
         let mut out = BTreeMap::new();
         // Malformed entries are the agents' business (and tests may plant them): skip them.
-        for lease in listing
-            .entries
-            .iter()
-            .filter_map(|e| Lease::from_entry(e).ok())
-        {
+        for lease in listing.entries.iter().filter_map(|e| Lease::from_entry(e).ok()) {
             if let Some(host) = by_ip.get(&lease.public_ip) {
                 out.insert(host.to_string(), lease);
             }
@@ -503,14 +491,10 @@ impl Lab {
     /// the time until every other host reaches it.
     pub async fn add_host(&mut self) -> Result<AddedHost> {
         let index = self.state.next_index;
-        let plan =
-            topology::host_plan(&self.state.name, index).ok_or_else(|| LabError::Invalid {
-                lab: self.state.name.clone(),
-                reason: format!(
-                    "no rack left for host {index} (at most {})",
-                    topology::MAX_RACKS
-                ),
-            })?;
+        let plan = topology::host_plan(&self.state.name, index).ok_or_else(|| LabError::Invalid {
+            lab: self.state.name.clone(),
+            reason: format!("no rack left for host {index} (at most {})", topology::MAX_RACKS),
+        })?;
         let d = state::host_dir(&self.dir, &plan.name);
         std::fs::create_dir_all(&d).map_err(LabError::io(format!("creating {}", d.display())))?;
         self.state.next_index += 1;
@@ -527,16 +511,8 @@ impl Lab {
         if self.state.agents {
             self.start_agent(&plan.name).await?;
             if let Some(timeout) = self.wait {
-                let t0 = self
-                    .started_at
-                    .get(&plan.name)
-                    .copied()
-                    .unwrap_or_else(Instant::now);
-                let others: Vec<String> = self
-                    .host_names()
-                    .into_iter()
-                    .filter(|h| *h != plan.name)
-                    .collect();
+                let t0 = self.started_at.get(&plan.name).copied().unwrap_or_else(Instant::now);
+                let others: Vec<String> = self.host_names().into_iter().filter(|h| *h != plan.name).collect();
                 let pairs = self.pairs(&others, std::slice::from_ref(&plan.name));
                 added.reachable_after = Some(self.wait_pairs(t0, pairs, timeout).await?);
             }
@@ -595,8 +571,7 @@ impl Lab {
                 pairs.push((a.plan.namespace.clone(), *ip));
             }
         }
-        let answered =
-            blocking(move || probe::wait_all(&pairs, CHECK_INTERVAL, CHECK_TIMEOUT)).await?;
+        let answered = blocking(move || probe::wait_all(&pairs, CHECK_INTERVAL, CHECK_TIMEOUT)).await?;
         let n = overlay.iter().flatten().count();
         let mut cells = Vec::new();
         for (i, _) in hosts.iter().enumerate() {
@@ -615,11 +590,7 @@ impl Lab {
             }
             cells.push(row);
         }
-        Ok(CheckReport {
-            hosts,
-            overlay,
-            cells,
-        })
+        Ok(CheckReport { hosts, overlay, cells })
     }
 
     /// Waits (at most `timeout`) until every host reaches every other over the overlay; returns
@@ -633,22 +604,13 @@ impl Lab {
     /// `(from, to)` host pairs, without a host probing itself.
     fn pairs(&self, from: &[String], to: &[String]) -> Vec<(String, String)> {
         from.iter()
-            .flat_map(|a| {
-                to.iter()
-                    .filter(move |b| *b != a)
-                    .map(move |b| (a.clone(), b.clone()))
-            })
+            .flat_map(|a| to.iter().filter(move |b| *b != a).map(move |b| (a.clone(), b.clone())))
             .collect()
     }
 
     /// Waits until each `(from, to)` pair answers over the overlay; returns the time from `t0`
     /// until the last pair first answered.
-    async fn wait_pairs(
-        &self,
-        t0: Instant,
-        pairs: Vec<(String, String)>,
-        timeout: Duration,
-    ) -> Result<Duration> {
+    async fn wait_pairs(&self, t0: Instant, pairs: Vec<(String, String)>, timeout: Duration) -> Result<Duration> {
         let deadline = Instant::now() + timeout;
         let wanted: BTreeSet<&String> = pairs.iter().map(|(_, b)| b).collect();
         // First every destination needs a lease (an overlay address to probe).
@@ -676,8 +638,8 @@ impl Lab {
             .iter()
             .map(|(a, b)| Ok((self.namespace(a)?.to_string(), leases[b].subnet.network())))
             .collect::<Result<_>>()?;
-        let interval = CONVERGE_PROBE_INTERVAL
-            .max(Duration::from_secs(1) * probes.len() as u32 / MAX_PROBES_PER_SEC as u32);
+        let interval =
+            CONVERGE_PROBE_INTERVAL.max(Duration::from_secs(1) * probes.len() as u32 / MAX_PROBES_PER_SEC as u32);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let answered = blocking(move || probe::wait_all(&probes, interval, remaining)).await?;
         let failed: Vec<String> = pairs
@@ -698,12 +660,7 @@ impl Lab {
                 "{} of {} pairs never answered: {}",
                 failed.len(),
                 pairs.len(),
-                failed
-                    .iter()
-                    .take(10)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                failed.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
             );
             if !dead.is_empty() {
                 detail += &format!("; agents not running on {}", dead.join(", "));
@@ -752,12 +709,10 @@ impl Lab {
 
 /// Runs blocking probe work off the async runtime's worker threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| LabError::Io {
-            context: "probe task".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?
+    tokio::task::spawn_blocking(f).await.map_err(|e| LabError::Io {
+        context: "probe task".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?
 }
 
 /// SIGKILLs every process in a namespace (never this process) and waits briefly for them to go.
@@ -815,8 +770,7 @@ pub fn down(name: &str) -> Result<Vec<String>> {
     }
     netns::delete_namespaces(&existing)?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .map_err(LabError::io(format!("removing {}", dir.display())))?;
+        std::fs::remove_dir_all(&dir).map_err(LabError::io(format!("removing {}", dir.display())))?;
     }
     Ok(existing)
 }
@@ -869,10 +823,7 @@ impl Drop for LabGuard {
     fn drop(&mut self) {
         if let Some(mut lab) = self.lab.take() {
             if let Err(e) = lab.down_inner() {
-                eprintln!(
-                    "weft lab: tearing down lab {:?} failed: {e}",
-                    lab.state.name
-                );
+                eprintln!("weft lab: tearing down lab {:?} failed: {e}", lab.state.name);
             }
         }
     }

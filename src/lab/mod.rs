@@ -76,11 +76,7 @@ pub enum LabError {
         source: serde_json::Error,
     },
     #[error("agent on {host} exited; last lines of {log}:\n{tail}")]
-    AgentExited {
-        host: String,
-        log: PathBuf,
-        tail: String,
-    },
+    AgentExited { host: String, log: PathBuf, tail: String },
     #[error("agent on {host} is already running (pid {pid})")]
     AgentRunning { host: String, pid: u32 },
     #[error("timed out after {after:?} waiting for {what}: {detail}")]
@@ -102,9 +98,7 @@ impl LabError {
         move |source| LabError::Sys { context, source }
     }
 
-    pub(crate) fn store(
-        context: impl Into<String>,
-    ) -> impl FnOnce(crate::store::StoreError) -> LabError {
+    pub(crate) fn store(context: impl Into<String>) -> impl FnOnce(crate::store::StoreError) -> LabError {
         let context = context.into();
         move |source| LabError::Store { context, source }
     }
@@ -115,10 +109,7 @@ pub type Result<T, E = LabError> = std::result::Result<T, E>;
 /// Lab names end up in namespace and link names (`NAME-h12` must fit the kernel's 15 characters),
 /// so they are short and plain: `[a-z0-9]{1,8}`.
 pub fn validate_name(name: &str) -> Result<()> {
-    let ok = (1..=8).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok = (1..=8).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok {
         Ok(())
     } else {
@@ -150,20 +141,8 @@ mod tests {
         for ok in ["weft", "a", "t0a1b2", "abcdefgh", "12345678"] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "abcdefghi",
-            "Weft",
-            "we-ft",
-            "we ft",
-            "wé",
-            "a/b",
-            "../x",
-        ] {
-            assert!(
-                matches!(validate_name(bad), Err(LabError::BadName(_))),
-                "{bad}"
-            );
+        for bad in ["", "abcdefghi", "Weft", "we-ft", "we ft", "wé", "a/b", "../x"] {
+            assert!(matches!(validate_name(bad), Err(LabError::BadName(_))), "{bad}");
         }
         for _ in 0..100 {
             assert!(validate_name(&random_name()).is_ok());

@@ -43,11 +43,7 @@ pub fn ip(args: &[&str]) -> Result<Output> {
 }
 
 /// Starts `ip [-n NS] [-force] -batch -` fed with `script`; wait with [`finish`].
-fn spawn_batch(
-    ns: Option<&str>,
-    force: bool,
-    script: &str,
-) -> Result<(String, std::process::Child)> {
+fn spawn_batch(ns: Option<&str>, force: bool, script: &str) -> Result<(String, std::process::Child)> {
     let mut args: Vec<&str> = Vec::new();
     if let Some(ns) = ns {
         args.extend(["-n", ns]);
@@ -128,15 +124,8 @@ pub fn router_script(hosts: &[HostPlan]) -> String {
     let mut s = String::new();
     for h in hosts {
         let port = &h.namespace;
-        s += &format!(
-            "link add {port} type veth peer name eth0 netns {}\n",
-            h.namespace
-        );
-        s += &format!(
-            "addr add {}/{} dev {port}\n",
-            h.router_ip,
-            h.rack_subnet.prefix_len()
-        );
+        s += &format!("link add {port} type veth peer name eth0 netns {}\n", h.namespace);
+        s += &format!("addr add {}/{} dev {port}\n", h.router_ip, h.rack_subnet.prefix_len());
         s += &format!("link set {port} up\n");
     }
     s
@@ -161,22 +150,11 @@ pub fn create_router(lab: &str) -> Result<()> {
     // ip_forward is per namespace; `ip netns exec` fails rather than falling back to the root
     // namespace if the namespace is missing.
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])
+        .args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         .stdin(Stdio::null())
         .output()
         .map_err(LabError::io(format!("enabling forwarding in {ns}")))?;
-    check(
-        format!("ip netns exec {ns} sysctl -qw net.ipv4.ip_forward=1"),
-        out,
-    )
-    .map(drop)
+    check(format!("ip netns exec {ns} sysctl -qw net.ipv4.ip_forward=1"), out).map(drop)
 }
 
 /// Creates and wires host namespaces (the router must exist).
@@ -193,10 +171,7 @@ pub fn create_hosts(lab: &str, hosts: &[HostPlan]) -> Result<()> {
             .map(|h| spawn_batch(Some(&h.namespace), false, &host_script(h)))
             .collect::<Result<_>>()?;
         // Wait for all of the chunk before reporting the first error, so no `ip` is left behind.
-        let results: Vec<Result<()>> = running
-            .into_iter()
-            .map(|(c, child)| finish(c, child))
-            .collect();
+        let results: Vec<Result<()>> = running.into_iter().map(|(c, child)| finish(c, child)).collect();
         results.into_iter().collect::<Result<()>>()?;
     }
     Ok(())
@@ -210,10 +185,7 @@ pub fn exec(ns: &str, argv: &[&str]) -> Result<Output> {
         .args(argv)
         .stdin(Stdio::null())
         .output()
-        .map_err(LabError::io(format!(
-            "running `ip netns exec {ns} {}`",
-            argv.join(" ")
-        )))
+        .map_err(LabError::io(format!("running `ip netns exec {ns} {}`", argv.join(" "))))
 }
 
 #[cfg(test)]

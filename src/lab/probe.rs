@@ -12,8 +12,8 @@
 use super::{LabError, Result};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
-    recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol,
-    SockType, SockaddrIn,
+    recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
+    SockaddrIn,
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 use std::collections::{BTreeMap, HashMap};
@@ -84,8 +84,7 @@ impl IcmpSocket {
     fn open_in(ns: &str) -> Result<IcmpSocket> {
         let path = format!("/run/netns/{ns}");
         let handle = std::fs::File::open(&path).map_err(LabError::io(format!("opening {path}")))?;
-        setns(&handle, CloneFlags::CLONE_NEWNET)
-            .map_err(LabError::sys(format!("entering namespace {ns}")))?;
+        setns(&handle, CloneFlags::CLONE_NEWNET).map_err(LabError::sys(format!("entering namespace {ns}")))?;
         let fd = socket(
             AddressFamily::Inet,
             SockType::Raw,
@@ -116,15 +115,8 @@ impl IcmpSocket {
     fn recv(&self, timeout: Duration) -> Result<Option<(Ipv4Addr, u16)>> {
         // A zero SO_RCVTIMEO would mean "block forever".
         let micros = timeout.as_micros().clamp(100, 1_000_000) as i64;
-        setsockopt(
-            &self.fd,
-            sockopt::ReceiveTimeout,
-            &TimeVal::microseconds(micros),
-        )
-        .map_err(LabError::sys(format!(
-            "setting a receive timeout in {}",
-            self.ns
-        )))?;
+        setsockopt(&self.fd, sockopt::ReceiveTimeout, &TimeVal::microseconds(micros))
+            .map_err(LabError::sys(format!("setting a receive timeout in {}", self.ns)))?;
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 1500];
         loop {
@@ -164,11 +156,7 @@ pub fn reach(ns: &str, dst: Ipv4Addr, timeout: Duration) -> Result<bool> {
 /// moment of first answer is what is being measured). Returns, per pair and in order, the instant
 /// of its first answer, or `None`. Pairs from one namespace share one thread and one socket; the
 /// namespaces are probed concurrently.
-pub fn wait_all(
-    pairs: &[(String, Ipv4Addr)],
-    interval: Duration,
-    timeout: Duration,
-) -> Result<Vec<Option<Instant>>> {
+pub fn wait_all(pairs: &[(String, Ipv4Addr)], interval: Duration, timeout: Duration) -> Result<Vec<Option<Instant>>> {
     let deadline = Instant::now() + timeout;
     let mut by_ns: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
     for (ns, dst) in pairs {
@@ -241,9 +229,7 @@ fn probe_from(
             }
             next_round = now + interval;
         }
-        let wait = next_round
-            .min(deadline)
-            .saturating_duration_since(Instant::now());
+        let wait = next_round.min(deadline).saturating_duration_since(Instant::now());
         if let Some((from, _)) = sock.recv(wait)? {
             if dsts.contains(&from) {
                 answered.entry(from).or_insert_with(Instant::now);
@@ -279,13 +265,7 @@ const REPLY_GRACE: Duration = Duration::from_millis(200);
 
 impl Pinger {
     /// `count` is capped at 65 536 (sequence numbers must not wrap).
-    pub fn start(
-        ns: &str,
-        dst: Ipv4Addr,
-        interval: Duration,
-        count: u32,
-        max_duration: Duration,
-    ) -> Result<Pinger> {
+    pub fn start(ns: &str, dst: Ipv4Addr, interval: Duration, count: u32, max_duration: Duration) -> Result<Pinger> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let ns = ns.to_string();
@@ -397,11 +377,7 @@ mod tests {
     #[test]
     fn echo_request_has_a_valid_checksum() {
         let p = echo_request(0x1234, 7);
-        assert_eq!(
-            checksum(&p),
-            0,
-            "a packet including its checksum sums to zero"
-        );
+        assert_eq!(checksum(&p), 0, "a packet including its checksum sums to zero");
         assert_eq!(&p[4..8], &[0x12, 0x34, 0, 7]);
     }
 

@@ -58,8 +58,7 @@ impl LabState {
     /// Reads `dir/lab.json`.
     pub fn load(dir: &Path) -> Result<LabState> {
         let path = dir.join("lab.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(LabError::io(format!("reading {}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(LabError::io(format!("reading {}", path.display())))?;
         serde_json::from_str(&text).map_err(|source| LabError::State { path, source })
     }
 
@@ -72,8 +71,7 @@ impl LabState {
             path: path.clone(),
             source,
         })?;
-        std::fs::write(&tmp, text + "\n")
-            .map_err(LabError::io(format!("writing {}", tmp.display())))?;
+        std::fs::write(&tmp, text + "\n").map_err(LabError::io(format!("writing {}", tmp.display())))?;
         std::fs::rename(&tmp, &path).map_err(LabError::io(format!(
             "renaming {} to {}",
             tmp.display(),
@@ -145,8 +143,7 @@ mod tests {
         assert_eq!(back, state);
         // Flat, readable host entries: what `jq` users would look for.
         let raw: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("lab.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("lab.json")).unwrap()).unwrap();
         assert_eq!(raw["hosts"][0]["underlay_ip"], "192.0.2.10");
         assert_eq!(raw["hosts"][0]["namespace"], "weft-h1");
         assert_eq!(raw["hosts"][0]["agent_pid"], 1234);
