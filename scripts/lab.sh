@@ -6,7 +6,6 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 cargo build --release --quiet
 ./target/release/weft lab up "$@"
-./target/release/weft lab status "$@" 2>/dev/null || true
 cat <<'MSG'
 
 The lab is up. Try:

@@ -25,10 +25,15 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    // The agent is one task reacting to events: a single-threaded runtime keeps it small.
+    // The lab drives many namespaces and processes at once and wants the threads.
+    let rt = match cli.command {
+        Command::Agent(_) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+    };
     rt.block_on(async move {
         match cli.command {
             Command::Agent(args) => cli::agent::run(*args).await,

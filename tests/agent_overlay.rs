@@ -38,7 +38,14 @@ async fn three_hosts_reach_each_other_with_flannels_entries() {
         let own = &leases[&host];
         // The device, exactly as flannel makes it.
         let link = sh(&lab, &host, &["ip", "-d", "link", "show", "flannel.1"]);
-        for want in ["mtu 1450", "vxlan id 1", &format!("local {}", own.public_ip), "dev eth0", "dstport 8472", "nolearning"] {
+        for want in [
+            "mtu 1450",
+            "vxlan id 1",
+            &format!("local {}", own.public_ip),
+            "dev eth0",
+            "dstport 8472",
+            "nolearning",
+        ] {
             assert!(link.contains(want), "{host}: {want:?} not in {link}");
         }
         let addr = sh(&lab, &host, &["ip", "-4", "addr", "show", "flannel.1"]);
@@ -50,9 +57,18 @@ async fn three_hosts_reach_each_other_with_flannels_entries() {
         assert_eq!((r.len(), n.len(), f.len()), (2, 2, 2), "{host}: {r:?} {n:?} {f:?}");
         for (peer, l) in leases.iter().filter(|(h, _)| **h != host) {
             let gw = l.subnet.network();
-            assert!(r.contains(&format!("{} via {gw} proto 87 onlink", l.subnet)), "{host}→{peer}: {r:?}");
-            assert!(n.contains(&format!("{gw} lladdr {} PERMANENT", l.vtep_mac)), "{host}→{peer}: {n:?}");
-            assert!(f.contains(&format!("{} dst {} self permanent", l.vtep_mac, l.public_ip)), "{host}→{peer}: {f:?}");
+            assert!(
+                r.contains(&format!("{} via {gw} proto 87 onlink", l.subnet)),
+                "{host}→{peer}: {r:?}"
+            );
+            assert!(
+                n.contains(&format!("{gw} lladdr {} PERMANENT", l.vtep_mac)),
+                "{host}→{peer}: {n:?}"
+            );
+            assert!(
+                f.contains(&format!("{} dst {} self permanent", l.vtep_mac, l.public_ip)),
+                "{host}→{peer}: {f:?}"
+            );
         }
 
         let env = SubnetEnv::read(&lab.subnet_file(&host)).expect("subnet.env");
@@ -73,8 +89,14 @@ async fn kill_dash_nine_and_restart_loses_no_ping() {
     let pingers: Vec<Pinger> = ["h2", "h3"]
         .iter()
         .map(|h| {
-            Pinger::start(lab.namespace(h).unwrap(), target, Duration::from_millis(20), 400, Duration::from_secs(8))
-                .unwrap()
+            Pinger::start(
+                lab.namespace(h).unwrap(),
+                target,
+                Duration::from_millis(20),
+                400,
+                Duration::from_secs(8),
+            )
+            .unwrap()
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
@@ -82,7 +104,10 @@ async fn kill_dash_nine_and_restart_loses_no_ping() {
     std::thread::sleep(Duration::from_millis(300));
     lab.start_agent("h1").await.unwrap();
     assert!(
-        wait_for(Duration::from_secs(5), || agent_log(&lab, "h1").matches("reusing the lease").count() == 1),
+        wait_for(Duration::from_secs(5), || agent_log(&lab, "h1")
+            .matches("reusing the lease")
+            .count()
+            == 1),
         "restarted agent did not take its lease back:\n{}",
         agent_log(&lab, "h1")
     );
@@ -92,7 +117,11 @@ async fn kill_dash_nine_and_restart_loses_no_ping() {
         assert!(stats.sent > 50, "{stats:?}");
         assert_eq!(stats.lost, 0, "pings lost across a kill -9 and restart: {stats:?}");
     }
-    assert_eq!(lab.overlay_ip("h1").await.unwrap(), Some(target), "same subnet after restart");
+    assert_eq!(
+        lab.overlay_ip("h1").await.unwrap(),
+        Some(target),
+        "same subnet after restart"
+    );
     assert_eq!(entries(&lab, "h1"), before, "restart changed kernel entries");
 }
 
@@ -107,8 +136,15 @@ async fn sigterm_leaves_everything_in_place_and_deleted_peer_lease_is_cleaned_up
 
     lab.kill_agent("h3", Signal::SIGTERM).unwrap();
     assert!(agent_log(&lab, "h3").contains("shutting down"));
-    assert_eq!(entries(&lab, "h3"), h3_entries, "SIGTERM must leave the kernel state in place");
-    assert!(lab.leases().await.unwrap().contains_key("h3"), "SIGTERM must leave the lease in place");
+    assert_eq!(
+        entries(&lab, "h3"),
+        h3_entries,
+        "SIGTERM must leave the kernel state in place"
+    );
+    assert!(
+        lab.leases().await.unwrap().contains_key("h3"),
+        "SIGTERM must leave the lease in place"
+    );
 
     let key = weft::lease::lease_key(lab.prefix(), h3.subnet);
     assert!(lab.store().unwrap().delete(&key).await.unwrap());
@@ -117,7 +153,11 @@ async fn sigterm_leaves_everything_in_place_and_deleted_peer_lease_is_cleaned_up
         !all.contains(&h3.subnet.network().to_string()) && !all.contains(&h3.vtep_mac.to_string())
     };
     for host in ["h1", "h2"] {
-        assert!(wait_for(Duration::from_secs(3), || gone(host)), "{host} kept h3's entries: {:?}", entries(&lab, host));
+        assert!(
+            wait_for(Duration::from_secs(3), || gone(host)),
+            "{host} kept h3's entries: {:?}",
+            entries(&lab, host)
+        );
         assert_eq!(routes(&lab, host).len(), 1);
     }
 }
@@ -127,7 +167,9 @@ async fn dead_hosts_lease_expires_and_peers_forget_it() {
     if !have_root("dead_hosts_lease_expires_and_peers_forget_it") {
         return;
     }
-    let opts = LabOptions::new(&lab_name(), 3).weft_bin(weft_bin()).agent_arg("--subnet-lease-ttl=4s");
+    let opts = LabOptions::new(&lab_name(), 3)
+        .weft_bin(weft_bin())
+        .agent_arg("--subnet-lease-ttl=4s");
     let mut lab = up(opts).await;
     let h3 = lab.leases().await.unwrap()["h3"].clone();
     // Renewals keep a live host's short lease alive well past its TTL.
@@ -138,7 +180,9 @@ async fn dead_hosts_lease_expires_and_peers_forget_it() {
     for host in ["h1", "h2"] {
         let subnet = h3.subnet.to_string();
         assert!(
-            wait_for(Duration::from_secs(10), || !routes(&lab, host).iter().any(|r| r.starts_with(&subnet))),
+            wait_for(Duration::from_secs(10), || !routes(&lab, host)
+                .iter()
+                .any(|r| r.starts_with(&subnet))),
             "{host} still routes the dead host's {subnet}"
         );
         assert!(!fdbs(&lab, host).join(" ").contains(&h3.vtep_mac.to_string()));

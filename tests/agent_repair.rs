@@ -10,7 +10,9 @@ use weft::lab::probe::Pinger;
 use weft::lab::{Lab, LabGuard, LabOptions};
 
 async fn lab(nodes: u32) -> LabGuard {
-    Lab::up(LabOptions::new(&lab_name(), nodes).weft_bin(weft_bin())).await.expect("lab up")
+    Lab::up(LabOptions::new(&lab_name(), nodes).weft_bin(weft_bin()))
+        .await
+        .expect("lab up")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,16 +23,31 @@ async fn entries_deleted_by_hand_are_repaired() {
     let lab = lab(3).await;
     let want = entries(&lab, "h1");
     let h2 = lab.leases().await.unwrap()["h2"].clone();
-    let (gw, mac, dst) = (h2.subnet.network().to_string(), h2.vtep_mac.to_string(), h2.public_ip.to_string());
+    let (gw, mac, dst) = (
+        h2.subnet.network().to_string(),
+        h2.vtep_mac.to_string(),
+        h2.public_ip.to_string(),
+    );
 
     sh(&lab, "h1", &["ip", "route", "del", &h2.subnet.to_string()]);
     sh(&lab, "h1", &["ip", "neigh", "del", &gw, "dev", "flannel.1"]);
-    sh(&lab, "h1", &["bridge", "fdb", "del", &mac, "dev", "flannel.1", "dst", &dst]);
-    assert!(wait_for(Duration::from_secs(2), || entries(&lab, "h1") == want), "not repaired: {:?}", entries(&lab, "h1"));
+    sh(
+        &lab,
+        "h1",
+        &["bridge", "fdb", "del", &mac, "dev", "flannel.1", "dst", &dst],
+    );
+    assert!(
+        wait_for(Duration::from_secs(2), || entries(&lab, "h1") == want),
+        "not repaired: {:?}",
+        entries(&lab, "h1")
+    );
 
     // Setting the device down flushes its routes and ARP entries in the kernel.
     sh(&lab, "h1", &["ip", "link", "set", "flannel.1", "down"]);
-    assert!(wait_for(Duration::from_secs(2), || entries(&lab, "h1") == want), "not repaired after device down");
+    assert!(
+        wait_for(Duration::from_secs(2), || entries(&lab, "h1") == want),
+        "not repaired after device down"
+    );
     assert!(sh(&lab, "h1", &["ip", "link", "show", "flannel.1"]).contains(",UP"));
     assert!(lab.check().await.unwrap().ok());
 }
@@ -43,7 +60,9 @@ async fn deleted_device_is_recreated_and_peers_follow_its_new_mac() {
     let lab = lab(3).await;
     let old_mac = device_mac(&lab, "h1");
     sh(&lab, "h1", &["ip", "link", "del", "flannel.1"]);
-    assert!(wait_for(Duration::from_secs(3), || lab.exec("h1", &["ip", "link", "show", "flannel.1"]).is_ok_and(|o| o.status.success())));
+    assert!(wait_for(Duration::from_secs(3), || lab
+        .exec("h1", &["ip", "link", "show", "flannel.1"])
+        .is_ok_and(|o| o.status.success())));
     let new_mac = device_mac(&lab, "h1");
     assert_ne!(old_mac, new_mac);
     for peer in ["h2", "h3"] {
@@ -76,8 +95,15 @@ async fn public_link_flap_is_survived() {
     sh(&lab, "h1", &["ip", "link", "set", "eth0", "up"]);
     // The host's own network setup (not weft's) restores its underlay default route.
     sh(&lab, "h1", &["ip", "route", "replace", "default", "via", &router]);
-    assert!(wait_for(Duration::from_secs(2), || entries(&lab, "h1") == want), "{:?}", entries(&lab, "h1"));
-    assert!(wait_for(Duration::from_secs(5), || futures::executor::block_on(lab.check()).is_ok_and(|r| r.ok())));
+    assert!(
+        wait_for(Duration::from_secs(2), || entries(&lab, "h1") == want),
+        "{:?}",
+        entries(&lab, "h1")
+    );
+    assert!(wait_for(Duration::from_secs(5), || futures::executor::block_on(
+        lab.check()
+    )
+    .is_ok_and(|r| r.ok())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,19 +138,31 @@ async fn invalid_config_is_reported_and_the_data_plane_kept() {
     let lab = lab(2).await;
     let target = lab.overlay_ip("h2").await.unwrap().unwrap();
     let before = entries(&lab, "h1");
-    let pinger = Pinger::start(lab.namespace("h1").unwrap(), target, Duration::from_millis(20), 200, Duration::from_secs(5)).unwrap();
+    let pinger = Pinger::start(
+        lab.namespace("h1").unwrap(),
+        target,
+        Duration::from_millis(20),
+        200,
+        Duration::from_secs(5),
+    )
+    .unwrap();
     let store = lab.store().unwrap();
     let key = weft::network::NetworkKeys::new(lab.prefix()).config();
-    store.put(&key, r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#).await.unwrap();
+    store
+        .put(&key, r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#)
+        .await
+        .unwrap();
     for host in ["h1", "h2"] {
         assert!(
-            wait_for(Duration::from_secs(3), || agent_log(&lab, host).contains("Backend.VNI = 0: must be between 1 and 16777215")),
+            wait_for(Duration::from_secs(3), || agent_log(&lab, host)
+                .contains("Backend.VNI = 0: must be between 1 and 16777215")),
             "{host} did not report the bad field:\n{}",
             agent_log(&lab, host)
         );
     }
     store.put(&key, "{not json").await.unwrap();
-    assert!(wait_for(Duration::from_secs(3), || agent_log(&lab, "h1").contains("not valid JSON")));
+    assert!(wait_for(Duration::from_secs(3), || agent_log(&lab, "h1")
+        .contains("not valid JSON")));
     std::thread::sleep(Duration::from_millis(500));
     let stats = pinger.stop().unwrap();
     assert_eq!(stats.lost, 0, "{stats:?}");
@@ -132,7 +170,10 @@ async fn invalid_config_is_reported_and_the_data_plane_kept() {
     // The error is logged once, not at every resync.
     assert_eq!(agent_log(&lab, "h1").matches("Backend.VNI = 0").count(), 1);
 
-    store.put(&key, r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan"}}"#).await.unwrap();
+    store
+        .put(&key, r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        .await
+        .unwrap();
     assert!(lab.check().await.unwrap().ok());
 }
 
@@ -150,7 +191,11 @@ async fn full_network_is_a_clear_error() {
     let msg = "network 10.0.0.0/24 is full: all 1 subnets of length /25 between 10.0.0.128 and 10.0.0.128 are leased";
     assert!(
         wait_for(Duration::from_secs(5), || {
-            lab.host_names().iter().filter(|h| agent_log(&lab, h).contains(msg)).count() == 1
+            lab.host_names()
+                .iter()
+                .filter(|h| agent_log(&lab, h).contains(msg))
+                .count()
+                == 1
         }),
         "no host reported the full network:\n{}\n{}",
         agent_log(&lab, "h1"),

@@ -139,7 +139,7 @@ impl Agent {
                         warn!(error = %e, "store unavailable; data plane kept as is, retrying");
                     }
                     tokio::select! {
-                        _ = &mut shutdown => return Ok(self.stopped()),
+                        _ = &mut shutdown => return self.stopped(),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -151,7 +151,7 @@ impl Agent {
             loop {
                 let wake = self.next_wake();
                 tokio::select! {
-                    _ = &mut shutdown => return Ok(self.stopped()),
+                    _ = &mut shutdown => return self.stopped(),
                     ev = watch.recv() => {
                         let mut next = ev;
                         loop {
@@ -195,8 +195,9 @@ impl Agent {
         }
     }
 
-    fn stopped(&self) {
+    fn stopped(&self) -> Result<(), AgentError> {
         info!("shutting down; device, entries and lease stay in place");
+        Ok(())
     }
 
     async fn relist_and_watch(&mut self) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {

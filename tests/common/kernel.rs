@@ -6,7 +6,11 @@ use weft::lab::Lab;
 /// Runs a command in a host's namespace and returns its stdout (panics if it fails).
 pub fn sh(lab: &Lab, host: &str, argv: &[&str]) -> String {
     let out = lab.exec(host, argv).unwrap_or_else(|e| panic!("{host}: {argv:?}: {e}"));
-    assert!(out.status.success(), "{host}: {argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{host}: {argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -41,7 +45,10 @@ pub fn entries(lab: &Lab, host: &str) -> Vec<String> {
 }
 
 fn lines(s: &str) -> Vec<String> {
-    s.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+    s.lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
