@@ -533,6 +533,10 @@ impl Lab {
                 .map_err(LabError::store(format!("deleting {key}")))?;
         }
         kill_namespace_processes(&plan.namespace)?;
+        // The kernel destroys a deleted namespace (and its veth) asynchronously, sometimes
+        // hundreds of ms later: cut the host off the router first so it is gone at once.
+        let router = topology::router_ns(&self.state.name);
+        let _ = netns::ip(&["-n", &router, "link", "del", &plan.namespace]);
         netns::delete_namespaces(std::slice::from_ref(&plan.namespace))?;
         self.state.hosts.retain(|h| h.plan.name != host);
         self.state.save(&self.dir)
