@@ -18,6 +18,8 @@ enum Command {
     /// Administer networks and leases in the store.
     #[command(subcommand)]
     Net(cli::net::NetCommand),
+    /// Show this host's overlay state (from the agent, or from the store and kernel).
+    Status(cli::status::StatusArgs),
     /// Build a many-host overlay out of network namespaces on this machine.
     #[command(subcommand)]
     Lab(cli::lab::LabCommand),
@@ -38,6 +40,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Agent(args) => cli::agent::run(*args).await,
             Command::Net(cmd) => cli::net::run(cmd).await,
+            Command::Status(args) => cli::status::run(args).await,
             Command::Lab(cmd) => cli::lab::run(cmd).await,
         }
     })

@@ -6,10 +6,14 @@
 //! flushed; each step only diffs observed against desired state, so a restart drops no packet.
 
 pub mod device;
+pub mod http;
 pub mod iface;
 pub mod lease;
+pub mod metrics;
 mod notes;
-mod reconcile;
+pub(crate) mod reconcile;
+mod report;
+pub mod status;
 
 use crate::config::NetworkConfig;
 use crate::kernel::{self, Kernel, KernelError, KernelEvent, LinkInfo, VxlanSpec};
@@ -17,12 +21,15 @@ use crate::lease::vxlan_lease_value;
 use crate::network::{device_name, NetworkKeys};
 use crate::store::{self, Entry, Store, StoreError, WatchEvent};
 use crate::subnet_env::SubnetEnv;
+use http::Shared;
 use iface::{IfaceOptions, PublicIface};
 use ipnet::Ipv4Net;
 use lease::{LeaseRequest, OwnLease};
 use notes::Notes;
+use status::{PeerStatus, ReconcileStatus, Status};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,6 +48,8 @@ pub struct AgentOptions {
     pub lease_ttl: Duration,
     pub resync_interval: Duration,
     pub ip_masq: bool,
+    /// Where to serve `/healthz`, `/readyz`, `/metrics` and `/status`; off when `None`.
+    pub healthz_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +66,8 @@ pub enum AgentError {
     NoMac(String),
     #[error("writing {path}: {source}")]
     SubnetEnv { path: PathBuf, source: std::io::Error },
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
 }
 
 /// Runs the agent until `shutdown` completes. Leaves device, entries and lease in place.
@@ -64,8 +75,18 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let store = store::open(&opts.store)?;
     let kernel = Kernel::connect().await?;
     let events = kernel::monitor()?;
-    Agent::new(opts, store, kernel).run(events, shutdown).await
+    let shared = Arc::new(Shared::default());
+    if let Some(addr) = opts.healthz_addr {
+        http::serve(addr, shared.clone())
+            .await
+            .map_err(|source| AgentError::Http { addr, source })?;
+    }
+    Agent::new(opts, store, kernel, shared).run(events, shutdown).await
 }
+
+/// How often the agent checks that the store still answers, for `/healthz`.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Agent {
     opts: AgentOptions,
@@ -88,10 +109,19 @@ struct Agent {
     notes: Notes,
     logged_rejections: HashSet<(String, i64)>,
     retry_at: Option<Instant>,
+    // What `/status` and `/healthz` report.
+    shared: Arc<Shared>,
+    store_ok_at: Option<SystemTime>,
+    store_error: Option<String>,
+    config_error: Option<String>,
+    lease_error: Option<String>,
+    peer_status: Vec<PeerStatus>,
+    last_reconcile: Option<ReconcileStatus>,
+    converged_once: bool,
 }
 
 impl Agent {
-    fn new(opts: AgentOptions, store: Arc<dyn Store>, kernel: Kernel) -> Agent {
+    fn new(opts: AgentOptions, store: Arc<dyn Store>, kernel: Kernel, shared: Arc<Shared>) -> Agent {
         let keys = NetworkKeys::new(&opts.prefix);
         let preferred = SubnetEnv::read(&opts.subnet_file).map(|e| e.subnet);
         Agent {
@@ -111,6 +141,14 @@ impl Agent {
             notes: Notes::default(),
             logged_rejections: HashSet::new(),
             retry_at: None,
+            shared,
+            store_ok_at: None,
+            store_error: None,
+            config_error: None,
+            lease_error: None,
+            peer_status: Vec::new(),
+            last_reconcile: None,
+            converged_once: false,
         }
     }
 
@@ -122,12 +160,20 @@ impl Agent {
         tokio::pin!(shutdown);
         let mut resync = tokio::time::interval(self.opts.resync_interval);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe = tokio::time::interval(STORE_PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::from_millis(100);
+        let mut first_connect = true;
         info!(store = %self.store.describe(), prefix = %self.keys.prefix, "agent starting");
 
         'connect: loop {
+            if !first_connect {
+                self.shared.metrics.watch_restarts.inc();
+            }
+            first_connect = false;
             let mut watch = match self.relist_and_watch().await {
                 Ok(w) => {
+                    self.store_answered();
                     backoff = Duration::from_millis(100);
                     if self.notes.clear("store") {
                         info!(store = %self.store.describe(), "store reachable again");
@@ -135,9 +181,11 @@ impl Agent {
                     w
                 }
                 Err(e) => {
+                    self.store_failed(&e);
                     if self.notes.raise("store", e.to_string()) {
                         warn!(error = %e, "store unavailable; data plane kept as is, retrying");
                     }
+                    self.publish();
                     tokio::select! {
                         _ = &mut shutdown => return self.stopped(),
                         _ = tokio::time::sleep(backoff) => {}
@@ -164,7 +212,10 @@ impl Agent {
                                     info!("store history lost; listing again");
                                     continue 'connect;
                                 }
-                                Some(ev) => self.apply_event(ev),
+                                Some(ev) => {
+                                    self.store_answered();
+                                    self.apply_event(ev);
+                                }
                             }
                             match watch.try_recv() {
                                 Ok(ev) => next = Some(ev),
@@ -188,6 +239,10 @@ impl Agent {
                         }
                     }
                     _ = resync.tick() => {}
+                    _ = probe.tick() => {
+                        self.probe_store().await;
+                        continue;
+                    }
                     _ = tokio::time::sleep_until(wake) => {}
                 }
                 self.step().await;
@@ -309,22 +364,68 @@ impl Agent {
     /// One pass over everything; failures are logged once and retried shortly.
     async fn step(&mut self) {
         self.retry_at = None;
-        match self.try_step().await {
-            Ok(()) => {
+        let started = std::time::Instant::now();
+        let result = self.try_step().await;
+        let seconds = started.elapsed().as_secs_f64();
+        let (ok, error, operations) = match result {
+            Ok(Some(ops)) => {
+                self.converged_once = true;
                 if self.notes.clear("step") {
                     info!("recovered: the host is converged again");
                 }
+                (true, None, ops)
             }
+            Ok(None) => (true, None, 0),
             Err(e) => {
+                if matches!(
+                    e,
+                    AgentError::Store(_) | AgentError::Lease(lease::AcquireError::Store(_))
+                ) {
+                    self.store_failed(&e);
+                }
                 if self.notes.raise("step", e.to_string()) {
                     error!(error = %e, "reconcile failed; retrying every second");
                 }
                 self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                (false, Some(e.to_string()), 0)
             }
-        }
+        };
+        self.shared.metrics.reconciled(ok, seconds);
+        self.last_reconcile = Some(ReconcileStatus {
+            at_ms: status::unix_ms(SystemTime::now()),
+            duration_ms: seconds * 1000.0,
+            ok,
+            error,
+            operations,
+        });
+        self.publish();
     }
 
-    async fn try_step(&mut self) -> Result<(), AgentError> {
+    /// Checks the store answers (a cheap read), so `/healthz` tells the truth in quiet times.
+    async fn probe_store(&mut self) {
+        match tokio::time::timeout(STORE_PROBE_TIMEOUT, self.store.get(&self.keys.config())).await {
+            Ok(Ok(_)) => self.store_answered(),
+            Ok(Err(e)) => self.store_failed(&e),
+            Err(_) => self.store_failed(&format!(
+                "{} did not answer within {STORE_PROBE_TIMEOUT:?}",
+                self.store.describe()
+            )),
+        }
+        self.publish();
+    }
+
+    fn store_answered(&mut self) {
+        self.store_ok_at = Some(SystemTime::now());
+        self.store_error = None;
+    }
+
+    fn store_failed(&mut self, e: &dyn std::fmt::Display) {
+        self.shared.metrics.store_errors.inc();
+        self.store_error = Some(e.to_string());
+    }
+
+    /// Returns `Some(kernel operations)` when it got as far as reconciling peers.
+    async fn try_step(&mut self) -> Result<Option<usize>, AgentError> {
         let iface = match &self.iface {
             Some(i) => i.clone(),
             None => {
@@ -335,7 +436,9 @@ impl Agent {
             }
         };
         self.evaluate_config(&iface);
-        let Some(cfg) = self.config.clone() else { return Ok(()) };
+        let Some(cfg) = self.config.clone() else {
+            return Ok(None);
+        };
 
         let spec = VxlanSpec {
             name: device_name(cfg.backend.vni),
@@ -365,11 +468,11 @@ impl Agent {
             }
         }
         self.keep_lease(&cfg, &iface, mac, &value).await?;
-        let Some(own) = self.own.clone() else { return Ok(()) };
+        let Some(own) = self.own.clone() else { return Ok(None) };
 
         device::ensure_address(&self.kernel, &link, own.subnet).await?;
         self.write_subnet_env(&cfg, own.subnet, spec.mtu)?;
-        self.reconcile_peers(&cfg, &iface, &link, &own).await
+        self.reconcile_peers(&cfg, &iface, &link, &own).await.map(Some)
     }
 
     /// Adopts the store's config if it is valid; otherwise says why, once, and keeps the old one.
@@ -380,8 +483,11 @@ impl Agent {
         self.config_seen = true;
         let key = self.keys.config();
         let Some(text) = &self.config_text else {
-            if self.config.is_none() && self.notes.raise("config", "missing".into()) {
-                info!(key = %key, "waiting for the network config to be written to the store");
+            if self.config.is_none() {
+                self.config_error = Some(format!("no network config at {key}"));
+                if self.notes.raise("config", "missing".into()) {
+                    info!(key = %key, "waiting for the network config to be written to the store");
+                }
             }
             return;
         };
@@ -389,6 +495,7 @@ impl Agent {
         match parsed {
             Ok(cfg) => {
                 self.notes.clear("config");
+                self.config_error = None;
                 if self.config.as_ref() != Some(&cfg) {
                     info!(
                         network = %cfg.network, subnet_len = cfg.subnet_len, vni = cfg.backend.vni,
@@ -398,6 +505,7 @@ impl Agent {
                 }
             }
             Err(e) => {
+                self.config_error = Some(e.to_string());
                 if self.notes.raise("config", e.to_string()) {
                     if self.config.is_some() {
                         error!(key = %key, error = %e, "invalid network config; keeping the current data plane");
@@ -442,7 +550,8 @@ impl Agent {
         };
         match lease::acquire(self.store.as_ref(), &req).await {
             Ok(own) => {
-                self.notes.clear("lease");
+                self.store_answered();
+                self.lease_error = None;
                 self.preferred = Some(own.subnet);
                 self.leases.insert(
                     own.key.clone(),
@@ -457,7 +566,10 @@ impl Agent {
                 self.own = Some(own);
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                self.lease_error = Some(e.to_string());
+                Err(e.into())
+            }
         }
     }
 

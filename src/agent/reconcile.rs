@@ -3,22 +3,25 @@
 
 use super::iface::PublicIface;
 use super::lease::OwnLease;
+use super::status::{PeerState, PeerStatus};
 use super::{Agent, AgentError};
 use crate::config::NetworkConfig;
 use crate::kernel::{Kernel, KernelError, LinkInfo};
-use crate::planner::peers::{select_peers, Host, Rejected};
+use crate::planner::peers::{select_peers, Host, Peer, Rejected};
 use crate::planner::state::Observed;
-use crate::planner::{plan, Op};
+use crate::planner::{peer_entries, plan, Op};
+use std::collections::HashSet;
 use tracing::{info, warn};
 
 impl Agent {
+    /// Returns the number of kernel operations carried out.
     pub(super) async fn reconcile_peers(
         &mut self,
         cfg: &NetworkConfig,
         iface: &PublicIface,
         link: &LinkInfo,
         own: &OwnLease,
-    ) -> Result<(), AgentError> {
+    ) -> Result<usize, AgentError> {
         let host = Host {
             public_ip: iface.public_ip,
             subnet: Some(own.subnet),
@@ -28,31 +31,73 @@ impl Agent {
 
         let observed = observe(&self.kernel, link.index).await?;
         let ops = plan(cfg.network, link.index, &set.peers, &observed);
+        let mut failed: HashSet<Op> = HashSet::new();
         let mut first_error = None;
         for op in &ops {
             let (kind, action) = op.labels();
-            match execute(&self.kernel, link.index, op).await {
+            let result = execute(&self.kernel, link.index, op).await;
+            self.shared.metrics.kernel_op(kind, action, result.is_ok());
+            match result {
                 Ok(()) => info!(device = %link.name, kind, action, entry = %op, "kernel: {action} {kind}"),
                 Err(e) => {
                     warn!(device = %link.name, kind, action, entry = %op, error = %e, "kernel operation failed");
+                    failed.insert(*op);
                     first_error.get_or_insert(e);
                 }
             }
         }
+        self.record_peers(&set.peers, &set.rejected, link.index, &failed);
         match first_error {
             Some(e) => Err(e.into()),
-            None => Ok(()),
+            None => Ok(ops.len()),
         }
     }
 
-    /// Each refused lease is logged once per revision, not at every resync.
+    /// Each refused lease is logged and counted once per revision, not at every resync.
     fn log_rejections(&mut self, rejected: &[Rejected]) {
         for r in rejected {
             let rev = self.leases.get(&r.key).map(|e| e.mod_revision).unwrap_or_default();
             if self.logged_rejections.insert((r.key.clone(), rev)) {
+                self.shared.metrics.rejected(r.rejection.reason());
                 warn!(key = %r.key, reason = r.rejection.reason(), "refusing lease: {}", r.rejection);
             }
         }
+    }
+
+    /// A peer is programmed unless one of its three entries failed just now.
+    fn record_peers(&mut self, peers: &[Peer], rejected: &[Rejected], index: u32, failed: &HashSet<Op>) {
+        let mut out = Vec::with_capacity(peers.len() + rejected.len());
+        for p in peers {
+            let (n, f, r) = peer_entries(p, index);
+            let bad = [Op::EnsureNeigh(n), Op::EnsureFdb(f), Op::EnsureRoute(r)]
+                .iter()
+                .any(|op| failed.contains(op));
+            out.push(PeerStatus {
+                key: p.key.clone(),
+                subnet: Some(p.subnet.to_string()),
+                public_ip: Some(p.public_ip.to_string()),
+                vtep_mac: Some(p.vtep_mac.to_string()),
+                state: if bad { PeerState::Pending } else { PeerState::Programmed },
+                reason: None,
+            });
+        }
+        let programmed = out.iter().filter(|p| p.state == PeerState::Programmed).count();
+        self.shared.metrics.peers_programmed.set(programmed as i64);
+        for r in rejected {
+            let lease = self
+                .leases
+                .get(&r.key)
+                .and_then(|e| crate::lease::Lease::from_entry(e).ok());
+            out.push(PeerStatus {
+                key: r.key.clone(),
+                subnet: lease.as_ref().map(|l| l.subnet.to_string()),
+                public_ip: lease.as_ref().map(|l| l.public_ip.to_string()),
+                vtep_mac: lease.as_ref().map(|l| l.vtep_mac.to_string()),
+                state: PeerState::Rejected,
+                reason: Some(r.rejection.to_string()),
+            });
+        }
+        self.peer_status = out;
     }
 }
 

@@ -40,6 +40,10 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_RESYNC_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
 
+    /// Serve /healthz, /readyz, /metrics and /status on this address (e.g. 127.0.0.1:9102).
+    #[arg(long, env = "WEFT_HEALTHZ_ADDR")]
+    pub healthz_addr: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub log: super::LogArgs,
 }
@@ -68,6 +72,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         lease_ttl: args.subnet_lease_ttl,
         resync_interval: args.resync_interval,
         ip_masq: false,
+        healthz_addr: args.healthz_addr,
     };
     agent::run(opts, shutdown_signal()).await?;
     Ok(())

@@ -165,9 +165,10 @@ async fn print_status(lab: &Lab) -> Result<()> {
     let hosts = lab.status().await?;
     println!("lab {} ({} hosts, store {})", lab.name(), hosts.len(), lab.store_url());
     println!(
-        "{:<6} {:<16} {:<18} {:<14} {:<18}",
-        "host", "underlay", "rack", "agent", "lease"
+        "{:<6} {:<16} {:<18} {:<14} {:<18} {:<8} {:<8}",
+        "host", "underlay", "rack", "agent", "lease", "peers", "health"
     );
+    let now = std::time::SystemTime::now();
     for h in hosts {
         let agent = match (h.agent_pid, h.agent_alive) {
             (Some(pid), true) => format!("{pid}"),
@@ -175,14 +176,45 @@ async fn print_status(lab: &Lab) -> Result<()> {
             (None, _) => "-".into(),
         };
         let lease = h.lease.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+        // Each host's own `weft status`, asked inside its namespace.
+        let st = h.agent_alive.then(|| agent_status(lab, &h.name)).flatten();
+        let (peers, health) = match &st {
+            Some(s) => {
+                let programmed = s
+                    .peers
+                    .iter()
+                    .filter(|p| p.state == crate::agent::status::PeerState::Programmed)
+                    .count();
+                let failing: Vec<String> = s.health(now).into_iter().map(|f| f.check).collect();
+                let health = if failing.is_empty() {
+                    "ok".to_string()
+                } else {
+                    failing.join(",")
+                };
+                (format!("{programmed}/{}", s.peers.len()), health)
+            }
+            None => ("-".into(), "-".into()),
+        };
         println!(
-            "{:<6} {:<16} {:<18} {:<14} {:<18}",
+            "{:<6} {:<16} {:<18} {:<14} {:<18} {:<8} {:<8}",
             h.name,
             h.underlay_ip.to_string(),
             h.rack_subnet.to_string(),
             agent,
-            lease
+            lease,
+            peers,
+            health
         );
     }
     Ok(())
+}
+
+/// `weft status --json` run inside the host's namespace.
+fn agent_status(lab: &Lab, host: &str) -> Option<crate::agent::status::Status> {
+    let bin = std::env::current_exe().ok()?;
+    let bin = bin.to_string_lossy();
+    let out = lab
+        .exec(host, &[&bin, "status", "--json", "--store", lab.store_url()])
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
 }

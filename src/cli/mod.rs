@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod lab;
 pub mod net;
+pub mod status;
 
 use anyhow::{Context, Result};
 use tracing_subscriber::EnvFilter;

@@ -78,6 +78,8 @@ pub fn command_line(l: &Launch) -> Vec<String> {
     ];
     v.extend(["agent", "--store", l.store_url, "--iface", "eth0", "--subnet-file"].map(String::from));
     v.push(l.subnet_file.display().to_string());
+    // Each host namespace has its own loopback, so every agent can use the same address.
+    v.extend(["--healthz-addr", crate::agent::status::DEFAULT_HTTP_ADDR].map(String::from));
     if l.prefix != crate::network::DEFAULT_PREFIX {
         v.extend(["--etcd-prefix".to_string(), l.prefix.to_string()]);
     }

@@ -1,0 +1,282 @@
+//! What the agent knows about itself, as plain data: served as JSON at `/status`, printed by
+//! `weft status`, and judged by `/healthz` and `/readyz`.
+
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A store that has not answered for this long counts as unreachable.
+pub const STORE_STALE_AFTER: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Where this view comes from: `agent` (live) or `store+kernel` (agent not reachable).
+    pub source: String,
+    pub store: StoreStatus,
+    pub network: Option<NetworkStatus>,
+    /// Why the stored network config is not in effect (missing or invalid), if it is not.
+    pub config_error: Option<String>,
+    pub iface: Option<IfaceStatus>,
+    pub device: Option<DeviceStatus>,
+    pub lease: Option<LeaseStatus>,
+    /// Why this host holds no lease, if it holds none.
+    pub lease_error: Option<String>,
+    pub peers: Vec<PeerStatus>,
+    pub last_reconcile: Option<ReconcileStatus>,
+    /// Whether the host has converged at least once since the agent started.
+    pub converged_once: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub describe: String,
+    /// Unix milliseconds of the last successful exchange with the store.
+    pub last_ok_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub name: String,
+    pub network: String,
+    pub subnet_len: u8,
+    pub vni: u32,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IfaceStatus {
+    pub name: String,
+    pub local_ip: String,
+    pub public_ip: String,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    pub mac: Option<String>,
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    pub subnet: String,
+    pub key: String,
+    /// Unix milliseconds at which the lease expires, if the store says.
+    pub expires_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// Its route, neighbour and FDB entries are in the kernel.
+    Programmed,
+    /// Known, not (yet) programmed: the last attempt failed or none was made.
+    Pending,
+    /// Its lease is refused; see `reason`.
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub key: String,
+    pub subnet: Option<String>,
+    pub public_ip: Option<String>,
+    pub vtep_mac: Option<String>,
+    pub state: PeerState,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconcileStatus {
+    pub at_ms: u64,
+    pub duration_ms: f64,
+    pub ok: bool,
+    pub error: Option<String>,
+    /// Kernel operations carried out by that reconcile.
+    pub operations: usize,
+}
+
+/// One failed health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failing {
+    pub check: String,
+    pub reason: String,
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Status {
+    /// The `/healthz` checks that fail now; empty means healthy.
+    pub fn health(&self, now: SystemTime) -> Vec<Failing> {
+        let now_ms = unix_ms(now);
+        let mut out = Vec::new();
+        let mut fail = |check: &str, reason: String| {
+            out.push(Failing {
+                check: check.into(),
+                reason,
+            })
+        };
+        match (&self.network, &self.config_error) {
+            (_, Some(e)) => fail("config", e.clone()),
+            (None, None) => fail("config", "no network config yet".into()),
+            _ => {}
+        }
+        match &self.lease {
+            None => fail(
+                "lease",
+                self.lease_error.clone().unwrap_or_else(|| "no lease held".into()),
+            ),
+            Some(l) if l.expires_at_ms.is_some_and(|t| t <= now_ms) => {
+                fail("lease", format!("lease for {} has expired", l.subnet))
+            }
+            Some(_) => {}
+        }
+        let stale_ms = STORE_STALE_AFTER.as_millis() as u64;
+        match self.store.last_ok_ms {
+            Some(t) if now_ms.saturating_sub(t) <= stale_ms => {}
+            _ => fail(
+                "store",
+                self.store
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| format!("{} has not answered", self.store.describe)),
+            ),
+        }
+        match &self.last_reconcile {
+            Some(r) if r.ok => {}
+            Some(r) => fail("reconcile", r.error.clone().unwrap_or_else(|| "failed".into())),
+            None => fail("reconcile", "no reconcile yet".into()),
+        }
+        match &self.device {
+            Some(d) if d.up => {}
+            Some(d) => fail("device", format!("{} is down", d.name)),
+            None => fail("device", "no VXLAN device".into()),
+        }
+        out
+    }
+
+    /// The `/readyz` checks that fail now.
+    pub fn readiness(&self) -> Vec<Failing> {
+        if self.converged_once {
+            Vec::new()
+        } else {
+            vec![Failing {
+                check: "converged".into(),
+                reason: "the host has not converged yet".into(),
+            }]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy(now: SystemTime) -> Status {
+        let ms = unix_ms(now);
+        Status {
+            source: "agent".into(),
+            store: StoreStatus {
+                describe: "sqlite:x".into(),
+                last_ok_ms: Some(ms - 1000),
+                last_error: None,
+            },
+            network: Some(NetworkStatus {
+                name: "default".into(),
+                network: "10.0.0.0/16".into(),
+                subnet_len: 24,
+                vni: 1,
+                port: 8472,
+            }),
+            config_error: None,
+            iface: None,
+            device: Some(DeviceStatus {
+                name: "flannel.1".into(),
+                index: 3,
+                mtu: 1450,
+                mac: None,
+                up: true,
+            }),
+            lease: Some(LeaseStatus {
+                subnet: "10.0.37.0/24".into(),
+                key: "k".into(),
+                expires_at_ms: Some(ms + 10_000),
+            }),
+            lease_error: None,
+            peers: vec![],
+            last_reconcile: Some(ReconcileStatus {
+                at_ms: ms,
+                duration_ms: 1.0,
+                ok: true,
+                error: None,
+                operations: 0,
+            }),
+            converged_once: true,
+        }
+    }
+
+    #[test]
+    fn healthy_host_passes_every_check() {
+        let now = SystemTime::now();
+        assert_eq!(healthy(now).health(now), vec![]);
+        assert_eq!(healthy(now).readiness(), vec![]);
+    }
+
+    #[test]
+    fn each_failure_is_named() {
+        let now = SystemTime::now();
+        let checks = |s: Status| s.health(now).into_iter().map(|f| f.check).collect::<Vec<String>>();
+        let mut s = healthy(now);
+        s.config_error = Some("network config: Backend.VNI = 0".into());
+        assert_eq!(checks(s), ["config"]);
+        let mut s = healthy(now);
+        s.lease = None;
+        assert_eq!(checks(s), ["lease"]);
+        let mut s = healthy(now);
+        s.lease.as_mut().unwrap().expires_at_ms = Some(unix_ms(now) - 1);
+        assert_eq!(checks(s), ["lease"]);
+        let mut s = healthy(now);
+        s.store.last_ok_ms = Some(unix_ms(now) - 60_000);
+        assert_eq!(checks(s), ["store"]);
+        let mut s = healthy(now);
+        s.last_reconcile.as_mut().unwrap().ok = false;
+        assert_eq!(checks(s), ["reconcile"]);
+        let mut s = healthy(now);
+        s.device.as_mut().unwrap().up = false;
+        assert_eq!(checks(s), ["device"]);
+        let mut s = healthy(now);
+        s.converged_once = false;
+        assert_eq!(s.readiness().len(), 1);
+        assert_eq!(
+            checks(Status::default()),
+            ["config", "lease", "store", "reconcile", "device"]
+        );
+    }
+}
+
+/// Where `weft agent --healthz-addr` listens in the lab, and where `weft status` looks first.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9102";
+
+/// Reads `/status` from an agent's HTTP endpoint (blocking, plain HTTP/1.0, short timeouts).
+pub fn fetch(addr: std::net::SocketAddr, timeout: Duration) -> Result<Status, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    s.write_all(b"GET /status HTTP/1.0\r\nHost: weft\r\n\r\n")
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| format!("{addr}: {e}"))?;
+    let (head, json) = body
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{addr}: malformed HTTP answer"))?;
+    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+        return Err(format!("{addr}: {}", head.lines().next().unwrap_or("no status line")));
+    }
+    serde_json::from_str(json).map_err(|e| format!("{addr}: /status is not weft's: {e}"))
+}

@@ -1,0 +1,280 @@
+//! `weft status`: this host's view of the overlay, from the running agent's `/status`, or, when
+//! the agent cannot be reached, rebuilt from the store and the kernel (and labelled so).
+
+use super::StoreArgs;
+use crate::agent::reconcile::observe;
+use crate::agent::status::{
+    self, DeviceStatus, LeaseStatus, NetworkStatus, PeerState, PeerStatus, Status, StoreStatus,
+};
+use crate::config::NetworkConfig;
+use crate::kernel::Kernel;
+use crate::lease::Lease;
+use crate::network::{device_name, NetworkKeys};
+use crate::planner::peer_entries;
+use crate::planner::peers::{select_peers, Host};
+use crate::store;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// The agent's `--healthz-addr`.
+    #[arg(long, env = "WEFT_HEALTHZ_ADDR", default_value = status::DEFAULT_HTTP_ADDR)]
+    pub addr: SocketAddr,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub async fn run(args: StatusArgs) -> Result<()> {
+    let addr = args.addr;
+    let fetched = tokio::task::spawn_blocking(move || status::fetch(addr, Duration::from_secs(2))).await?;
+    let st = match fetched {
+        Ok(s) => s,
+        Err(why) => {
+            let mut s = offline(&args.store).await?;
+            s.source = format!("store+kernel (agent not reachable: {why})");
+            s
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        print!("{}", render(&st, SystemTime::now()));
+    }
+    Ok(())
+}
+
+/// The status as far as the store and this host's kernel tell, without the agent.
+async fn offline(args: &StoreArgs) -> Result<Status> {
+    let keys = NetworkKeys::new(&args.etcd_prefix);
+    let s = store::open(&args.store)?;
+    let mut st = Status {
+        store: StoreStatus {
+            describe: s.describe(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let config = match s.get(&keys.config()).await {
+        Ok(Some(e)) => {
+            st.store.last_ok_ms = Some(status::unix_ms(SystemTime::now()));
+            NetworkConfig::parse(&e.value)
+                .map_err(|e| st.config_error = Some(e.to_string()))
+                .ok()
+        }
+        Ok(None) => {
+            st.store.last_ok_ms = Some(status::unix_ms(SystemTime::now()));
+            st.config_error = Some(format!("no network config at {}", keys.config()));
+            None
+        }
+        Err(e) => {
+            st.store.last_error = Some(e.to_string());
+            None
+        }
+    };
+    let Some(cfg) = config else { return Ok(st) };
+    st.network = Some(NetworkStatus {
+        name: "default".into(),
+        network: cfg.network.to_string(),
+        subnet_len: cfg.subnet_len,
+        vni: cfg.backend.vni,
+        port: cfg.backend.port,
+    });
+    let kernel = Kernel::connect().await.context("opening netlink")?;
+    let Some(link) = kernel.link_by_name(&device_name(cfg.backend.vni)).await? else {
+        return Ok(st);
+    };
+    st.device = Some(DeviceStatus {
+        name: link.name.clone(),
+        index: link.index,
+        mtu: link.mtu,
+        mac: link.mac.map(|m| m.to_string()),
+        up: link.up,
+    });
+    let listing = s.list(&keys.subnets()).await?;
+    // Our lease is the one naming our device's MAC (the device's local IP would do too).
+    let own = listing
+        .entries
+        .iter()
+        .find(|e| Lease::from_entry(e).is_ok_and(|l| Some(l.vtep_mac) == link.mac));
+    let own_lease = own.and_then(|e| Lease::from_entry(e).ok());
+    if let (Some(e), Some(l)) = (own, &own_lease) {
+        st.lease = Some(LeaseStatus {
+            subnet: l.subnet.to_string(),
+            key: e.key.clone(),
+            expires_at_ms: e.expires_at.map(status::unix_ms),
+        });
+    }
+    let public_ip = own_lease
+        .as_ref()
+        .map(|l| l.public_ip)
+        .or(link.vxlan.as_ref().and_then(|v| v.local))
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let host = Host {
+        public_ip,
+        subnet: own_lease.as_ref().map(|l| l.subnet),
+    };
+    let set = select_peers(&cfg, &host, &listing.entries);
+    let observed = observe(&kernel, link.index).await?;
+    for p in &set.peers {
+        let (n, f, r) = peer_entries(p, link.index);
+        let present = observed.neighs.contains(&n) && observed.fdbs.contains(&f) && observed.routes.contains(&r);
+        st.peers.push(PeerStatus {
+            key: p.key.clone(),
+            subnet: Some(p.subnet.to_string()),
+            public_ip: Some(p.public_ip.to_string()),
+            vtep_mac: Some(p.vtep_mac.to_string()),
+            state: if present {
+                PeerState::Programmed
+            } else {
+                PeerState::Pending
+            },
+            reason: None,
+        });
+    }
+    for r in &set.rejected {
+        st.peers.push(PeerStatus {
+            key: r.key.clone(),
+            subnet: None,
+            public_ip: None,
+            vtep_mac: None,
+            state: PeerState::Rejected,
+            reason: Some(r.rejection.to_string()),
+        });
+    }
+    Ok(st)
+}
+
+fn ago(ms: u64, now: SystemTime) -> String {
+    let d = status::unix_ms(now).saturating_sub(ms);
+    humantime::format_duration(Duration::from_millis(d - d % 1000)).to_string()
+}
+
+/// The human-readable table.
+pub fn render(st: &Status, now: SystemTime) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "source     {}",
+        if st.source.is_empty() { "agent" } else { &st.source }
+    );
+    match (&st.network, &st.config_error) {
+        (Some(n), err) => {
+            let _ = writeln!(
+                o,
+                "network    {} (subnets /{}, VNI {}, port {}){}",
+                n.network,
+                n.subnet_len,
+                n.vni,
+                n.port,
+                err.as_ref()
+                    .map(|e| format!("; stored config not in effect: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(o, "network    none: {e}");
+        }
+        (None, None) => {
+            let _ = writeln!(o, "network    none");
+        }
+    }
+    match &st.lease {
+        Some(l) => {
+            let exp = l
+                .expires_at_ms
+                .map(|t| {
+                    let left = t.saturating_sub(status::unix_ms(now));
+                    format!(
+                        "expires in {}",
+                        humantime::format_duration(Duration::from_secs(left / 1000))
+                    )
+                })
+                .unwrap_or_else(|| "expiry unknown".into());
+            let _ = writeln!(o, "lease      {} ({exp})", l.subnet);
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "lease      none{}",
+                st.lease_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            );
+        }
+    }
+    match &st.device {
+        Some(d) => {
+            let _ = writeln!(
+                o,
+                "device     {} mtu {} mac {} {}",
+                d.name,
+                d.mtu,
+                d.mac.as_deref().unwrap_or("-"),
+                if d.up { "up" } else { "DOWN" }
+            );
+        }
+        None => {
+            let _ = writeln!(o, "device     none");
+        }
+    }
+    if let Some(i) = &st.iface {
+        let _ = writeln!(
+            o,
+            "interface  {} {} (public {}, mtu {})",
+            i.name, i.local_ip, i.public_ip, i.mtu
+        );
+    }
+    let store_state = match (&st.store.last_error, st.store.last_ok_ms) {
+        (Some(e), _) => format!("FAILING: {e}"),
+        (None, Some(t)) => format!("ok (answered {} ago)", ago(t, now)),
+        (None, None) => "not reached".into(),
+    };
+    let _ = writeln!(o, "store      {} {store_state}", st.store.describe);
+    if let Some(r) = &st.last_reconcile {
+        let _ = writeln!(
+            o,
+            "reconcile  {} {} ago, {} kernel operations, {:.1} ms{}",
+            if r.ok { "ok" } else { "FAILED" },
+            ago(r.at_ms, now),
+            r.operations,
+            r.duration_ms,
+            r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    }
+    if st.source.is_empty() || st.source == "agent" {
+        let failing = st.health(now);
+        if failing.is_empty() {
+            let _ = writeln!(o, "health     ok");
+        } else {
+            let list: Vec<String> = failing.iter().map(|f| format!("{} ({})", f.check, f.reason)).collect();
+            let _ = writeln!(o, "health     FAILING: {}", list.join("; "));
+        }
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "{:<18} {:<16} {:<18} STATE", "PEER SUBNET", "PUBLIC IP", "VTEP MAC");
+    for p in &st.peers {
+        let state = match p.state {
+            PeerState::Programmed => "programmed".to_string(),
+            PeerState::Pending => "pending".to_string(),
+            PeerState::Rejected => format!("rejected: {}", p.reason.as_deref().unwrap_or("")),
+        };
+        let subnet = p
+            .subnet
+            .clone()
+            .unwrap_or_else(|| p.key.rsplit('/').next().unwrap_or("").to_string());
+        let _ = writeln!(
+            o,
+            "{:<18} {:<16} {:<18} {state}",
+            subnet,
+            p.public_ip.as_deref().unwrap_or("-"),
+            p.vtep_mac.as_deref().unwrap_or("-")
+        );
+    }
+    o
+}
