@@ -26,7 +26,7 @@ use iface::{IfaceOptions, PublicIface};
 use ipnet::Ipv4Net;
 use lease::{LeaseRequest, OwnLease};
 use notes::Notes;
-use status::{PeerStatus, ReconcileStatus, Status};
+use status::{PeerStatus, ReconcileStatus};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;

@@ -173,6 +173,28 @@ impl Status {
     }
 }
 
+/// Where `weft agent --healthz-addr` listens in the lab, and where `weft status` looks first.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9102";
+
+/// Reads `/status` from an agent's HTTP endpoint (blocking, plain HTTP/1.0, short timeouts).
+pub fn fetch(addr: std::net::SocketAddr, timeout: Duration) -> Result<Status, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    s.write_all(b"GET /status HTTP/1.0\r\nHost: weft\r\n\r\n")
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| format!("{addr}: {e}"))?;
+    let (head, json) = body
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{addr}: malformed HTTP answer"))?;
+    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+        return Err(format!("{addr}: {}", head.lines().next().unwrap_or("no status line")));
+    }
+    serde_json::from_str(json).map_err(|e| format!("{addr}: /status is not weft's: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,26 +279,4 @@ mod tests {
             ["config", "lease", "store", "reconcile", "device"]
         );
     }
-}
-
-/// Where `weft agent --healthz-addr` listens in the lab, and where `weft status` looks first.
-pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9102";
-
-/// Reads `/status` from an agent's HTTP endpoint (blocking, plain HTTP/1.0, short timeouts).
-pub fn fetch(addr: std::net::SocketAddr, timeout: Duration) -> Result<Status, String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
-    let _ = s.set_read_timeout(Some(timeout));
-    let _ = s.set_write_timeout(Some(timeout));
-    s.write_all(b"GET /status HTTP/1.0\r\nHost: weft\r\n\r\n")
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| format!("{addr}: {e}"))?;
-    let (head, json) = body
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr}: malformed HTTP answer"))?;
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
-        return Err(format!("{addr}: {}", head.lines().next().unwrap_or("no status line")));
-    }
-    serde_json::from_str(json).map_err(|e| format!("{addr}: /status is not weft's: {e}"))
 }
