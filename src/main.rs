@@ -25,7 +25,17 @@ enum Command {
     Lab(cli::lab::LabCommand),
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     // The agent is one task reacting to events: a single-threaded runtime keeps it small.
     // The lab drives many namespaces and processes at once and wants the threads.

@@ -9,6 +9,14 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
+    /// TOML file holding any of these flags by name; flags and environment take precedence.
+    #[arg(long, env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration, with where each value came from, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     #[command(flatten)]
     pub store: StoreArgs,
 
@@ -48,7 +56,31 @@ pub struct AgentArgs {
     pub log: super::LogArgs,
 }
 
+/// `weft agent` as a command of its own, to re-parse it with a config file layered in.
+#[derive(clap::Parser, Debug)]
+#[command(name = "weft agent")]
+struct AgentCommand {
+    #[command(flatten)]
+    args: AgentArgs,
+}
+
+/// The command-line words after `agent`.
+fn agent_argv() -> Vec<std::ffi::OsString> {
+    std::env::args_os().skip_while(|a| a != "agent").skip(1).collect()
+}
+
 pub async fn run(args: AgentArgs) -> Result<()> {
+    let args = if args.config.is_some() || args.print_config {
+        use clap::{CommandFactory, FromArgMatches};
+        let layered = super::config_file::layer(AgentCommand::command(), &agent_argv(), args.config.as_deref())?;
+        if args.print_config {
+            print!("{}", super::config_file::render(&AgentCommand::command(), &layered));
+            return Ok(());
+        }
+        AgentCommand::from_arg_matches(&layered.matches)?.args
+    } else {
+        args
+    };
     args.log.init()?;
     if args.subnet_lease_ttl < Duration::from_secs(2) {
         anyhow::bail!(

@@ -1,6 +1,7 @@
 //! One file per `weft` subcommand; `anyhow` lives here, at the binary's edge.
 
 pub mod agent;
+pub mod config_file;
 pub mod lab;
 pub mod net;
 pub mod status;

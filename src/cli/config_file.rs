@@ -1,0 +1,130 @@
+//! `--config FILE`: every agent flag can also come from a TOML file, keyed by the flag's long
+//! name (`subnet-lease-ttl = "1h"`, `iface = ["eth0", "eth1"]`). Precedence: flags > environment
+//! > file > defaults. Unknown keys are an error naming the key.
+
+use anyhow::{bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Command};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::Path;
+
+/// Flags that make no sense in the file itself.
+const NOT_IN_FILE: &[&str] = &["config", "print-config", "help", "version"];
+
+/// Flags whose values are never printed.
+const SECRET: &[&str] = &["etcd-password"];
+
+/// The result of layering: final matches, and which flags the file supplied.
+pub struct Layered {
+    pub matches: ArgMatches,
+    pub from_file: BTreeSet<String>,
+}
+
+/// Parses `args` (the command line after the subcommand) with `cmd`, filling in from `file` every
+/// flag that neither the command line nor the environment set.
+pub fn layer(cmd: Command, args: &[OsString], file: Option<&Path>) -> Result<Layered> {
+    let prog: OsString = cmd.get_name().into();
+    let argv = || std::iter::once(prog.clone()).chain(args.iter().cloned());
+    let first = cmd.clone().try_get_matches_from(argv())?;
+    let Some(path) = file else {
+        return Ok(Layered {
+            matches: first,
+            from_file: BTreeSet::new(),
+        });
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", path.display()))?;
+
+    let ids: BTreeMap<String, String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| (l.to_string(), a.get_id().to_string())))
+        .filter(|(l, _)| !NOT_IN_FILE.contains(&l.as_str()))
+        .collect();
+    let mut injected: Vec<OsString> = Vec::new();
+    let mut from_file = BTreeSet::new();
+    for (key, value) in &table {
+        let Some(id) = ids.get(key) else {
+            bail!(
+                "{}: unknown key `{key}` (keys are the agent's flag names, e.g. `subnet-lease-ttl`)",
+                path.display()
+            );
+        };
+        if matches!(
+            first.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue; // flags and environment win over the file
+        }
+        let values: Vec<&toml::Value> = match value {
+            toml::Value::Array(items) => items.iter().collect(),
+            v => vec![v],
+        };
+        for v in values {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(true) => {
+                    injected.push(format!("--{key}").into());
+                    continue;
+                }
+                toml::Value::Boolean(false) => continue,
+                other => bail!(
+                    "{}: `{key}` = {other}: expected a string, number, boolean or list",
+                    path.display()
+                ),
+            };
+            injected.push(format!("--{key}={text}").into());
+        }
+        from_file.insert(id.clone());
+    }
+    let merged = std::iter::once(prog).chain(injected).chain(args.iter().cloned());
+    let matches = cmd
+        .try_get_matches_from(merged)
+        .with_context(|| format!("applying {}", path.display()))?;
+    Ok(Layered { matches, from_file })
+}
+
+/// `key = value  # source` for every flag: the effective configuration.
+pub fn render(cmd: &Command, layered: &Layered) -> String {
+    let mut out = String::new();
+    for arg in cmd.get_arguments() {
+        let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
+            continue;
+        };
+        if NOT_IN_FILE.contains(&long) {
+            continue;
+        }
+        let source = if layered.from_file.contains(id) {
+            "file"
+        } else {
+            match layered.matches.value_source(id) {
+                Some(ValueSource::CommandLine) => "flag",
+                Some(ValueSource::EnvVariable) => "env",
+                Some(ValueSource::DefaultValue) => "default",
+                _ => "unset",
+            }
+        };
+        let values: Vec<String> = layered
+            .matches
+            .get_raw(id)
+            .map(|vals| vals.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let shown = if SECRET.contains(&long) && !values.is_empty() {
+            "\"****\"".to_string()
+        } else if arg.get_num_args().is_some_and(|n| n.max_values() == 0) {
+            (layered.matches.value_source(id).is_some() && source != "default").to_string()
+        } else if values.len() == 1 && !matches!(arg.get_action(), clap::ArgAction::Append) {
+            format!("{:?}", values[0])
+        } else if values.is_empty() && source == "unset" {
+            "(unset)".to_string()
+        } else {
+            format!("{values:?}")
+        };
+        out.push_str(&format!("{long} = {shown}  # {source}\n"));
+    }
+    out
+}
