@@ -222,34 +222,58 @@ fn apply<T: serde::Serialize>(op: &'static str, batch: &T) -> Result<(), KernelE
     nft(op, &["-j", "-f", "-"], Some(&input)).map(drop)
 }
 
-/// Runs nft; Ok(None) when it failed because the object does not exist.
+/// Runs nft; Ok(None) when it ran and failed because the object does not exist.
 fn nft_allow_missing(op: &'static str, args: &[&str]) -> Result<Option<String>, KernelError> {
-    match nft(op, args, None) {
-        Ok(out) => Ok(Some(out)),
-        Err(KernelError::Nft { message, .. }) if message.contains("No such file or directory") => Ok(None),
-        Err(e) => Err(e),
+    let out = run_nft(op, args, None)?;
+    if out.status.success() {
+        return Ok(Some(out.stdout));
     }
+    if out.stderr.contains("No such file or directory") {
+        return Ok(None);
+    }
+    Err(failed(op, &out))
 }
 
 /// Runs `nft ARGS` (stdin from `input`), returning stdout; failures carry nft's stderr.
 fn nft(op: &'static str, args: &[&str], input: Option<&str>) -> Result<String, KernelError> {
+    let out = run_nft(op, args, input)?;
+    if !out.status.success() {
+        return Err(failed(op, &out));
+    }
+    Ok(out.stdout)
+}
+
+struct NftOutput {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn failed(op: &'static str, out: &NftOutput) -> KernelError {
+    nft_err(op, format!("nft {}: {}", out.status, out.stderr.trim()))
+}
+
+/// Spawns nft; only failing to run it at all is an error here.
+fn run_nft(op: &'static str, args: &[&str], input: Option<&str>) -> Result<NftOutput, KernelError> {
     let mut child = Command::new("nft")
         .args(args)
+        // Error texts are matched ("No such file or directory"): keep them untranslated.
+        .env("LC_ALL", "C")
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| nft_err(op, format!("cannot run nft: {e}")))?;
     if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        // A write error means nft exited early; its stderr below says why.
+        // A write error means nft exited early; its stderr says why.
         let _ = stdin.write_all(input.as_bytes());
     }
     let out = child
         .wait_with_output()
         .map_err(|e| nft_err(op, format!("waiting for nft: {e}")))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(nft_err(op, format!("nft {}: {}", out.status, stderr.trim())));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(NftOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }

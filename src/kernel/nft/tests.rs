@@ -162,6 +162,32 @@ fn masquerade_only_leaving_the_overlay() {
     assert!(ping(&t.pod, "10.0.48.2"));
     let probe = t.peer.exec_ok("nft list chain ip probe in");
     assert!(probe.contains("counter packets 1 "), "{probe}");
+
+    // Documented limit: our forward `accept` does not override a drop in another table
+    // (Docker's `iptables -P FORWARD DROP`, say), unlike flannel's rule inside that chain.
+    t.host.exec_ok("nft add table ip other");
+    t.host
+        .exec_ok("nft add chain ip other gate { type filter hook forward priority 10 ; policy drop ; }");
+    assert!(!ping(&t.pod, "10.0.48.2"), "a drop in another table was overridden");
+}
+
+#[test]
+fn errors_carry_nft_stderr() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let err = ns
+        .enter(|| nft("list table", &["list", "table", "ip", "absent"], None))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("nft list table: nft exit status: 1: Error: No such file or directory"),
+        "{text}"
+    );
+    // A missing table is not an error where "absent" is a normal answer.
+    assert_eq!(ns.enter(dropped_vxlan_packets).unwrap(), 0);
+    assert!(!ns.enter(remove).unwrap());
 }
 
 /// A bound UDP socket in `ns`.
