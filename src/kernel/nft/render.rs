@@ -309,6 +309,18 @@ mod unit {
     }
 
     #[test]
+    fn host_bits_are_dropped() {
+        // nft lists prefixes without host bits; rendering them would look like a hand edit.
+        let s = json(&FirewallSpec {
+            network: "10.0.0.5/16".parse().unwrap(),
+            own_subnet: "10.0.37.1/24".parse().unwrap(),
+            ..spec()
+        });
+        assert!(!s.contains("10.0.0.5") && !s.contains("10.0.37.1"), "{s}");
+        assert!(s.contains(r#"{"prefix":{"addr":"10.0.37.0","len":24}}"#), "{s}");
+    }
+
+    #[test]
     fn without_masq_no_nat_chain() {
         let s = json(&FirewallSpec {
             ip_masq: false,
