@@ -14,6 +14,8 @@ mod fdb;
 mod link;
 mod monitor;
 mod neigh;
+pub mod nft;
+pub mod offload;
 mod route;
 #[cfg(test)]
 mod tests;
@@ -40,6 +42,17 @@ pub enum KernelError {
     NoSuchLink(String),
     #[error("cannot open netlink socket: {0}")]
     Socket(String),
+    /// `nft` failed; `message` carries its stderr.
+    #[error("nft {op}: {message}")]
+    Nft { op: &'static str, message: String },
+    /// The ethtool ioctl `op` failed on `dev` with positive errno `errno`.
+    #[error("ethtool {op} on {dev}: {message}")]
+    Ethtool {
+        op: &'static str,
+        dev: String,
+        message: String,
+        errno: i32,
+    },
 }
 
 impl KernelError {

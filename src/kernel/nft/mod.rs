@@ -1,0 +1,279 @@
+//! weft's nftables table: masquerade (`--ip-masq`), forwarding of overlay traffic, and VXLAN
+//! accepted only from current peers.
+//!
+//! Everything lives in one table, `ip weft`, that weft owns entirely: nothing outside it is
+//! read or written. [`ensure`] compares the table in the kernel with the one [`render`]ed from a
+//! [`FirewallSpec`] and, only if they differ, rewrites it in one atomic `nft` transaction (a
+//! change of peers alone only swaps the set's elements). Call it on every reconcile: a rule
+//! changed by hand is back within one resync. [`remove`] is for `weft agent --cleanup`.
+//!
+//! ```no_run
+//! use weft::kernel::nft::{self, FirewallSpec};
+//! # fn main() -> Result<(), weft::kernel::KernelError> {
+//! let spec = FirewallSpec {
+//!     network: "10.0.0.0/16".parse().unwrap(),
+//!     own_subnet: "10.0.37.0/24".parse().unwrap(),
+//!     ip_masq: true,
+//!     vxlan_port: 8472,
+//!     peers: ["198.51.100.10".parse().unwrap()].into(),
+//!     filter_vxlan: true,
+//! };
+//! let applied = nft::ensure(&spec)?; // every reconcile; cheap when nothing changed
+//! if applied == nft::Applied::Rewritten {
+//!     tracing::warn!("nft table ip weft differed from the desired one: repaired");
+//! }
+//! let dropped = nft::dropped_vxlan_packets()?; // for /metrics
+//! nft::remove()?; // --cleanup
+//! # let _ = dropped; Ok(()) }
+//! ```
+//!
+//! How it coexists with other rulesets (iptables-nft, firewalld, kube-proxy): every table's
+//! base chains on a hook run, ordered by priority. Our chains use the standard priorities and
+//! policy accept, and only ever `accept`, `return`, `masquerade` or drop non-peer VXLAN. An
+//! `accept` here ends evaluation in *our* chain only: a `drop` in another table still drops
+//! the packet. A masquerade here, or in another table's chain of the same hook, is final for the
+//! connection (NAT is decided on its first packet by the first NAT rule that matches).
+//!
+//! All functions are blocking (they run the `nft` binary, a few milliseconds) and act in the
+//! network namespace of the *calling thread*, which the `nft` child inherits.
+
+mod compare;
+mod render;
+#[cfg(test)]
+pub(crate) mod testns;
+#[cfg(test)]
+mod tests;
+
+pub use render::render;
+
+use super::KernelError;
+use compare::canonical;
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+/// The table's name (family `ip`): `nft list table ip weft`.
+pub const TABLE: &str = "weft";
+const CHAIN_POSTROUTING: &str = "postrouting";
+const CHAIN_FORWARD: &str = "forward";
+const CHAIN_INPUT: &str = "input";
+/// The set of peers' public IPs allowed to send VXLAN.
+pub const SET_PEERS: &str = "peers";
+/// The named counter of VXLAN datagrams dropped because they did not come from a peer.
+pub const COUNTER_VXLAN_DROPPED: &str = "vxlan_dropped";
+
+/// What weft's table should contain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallSpec {
+    /// The overlay (`Network` of the config), e.g. 10.0.0.0/16.
+    pub network: Ipv4Net,
+    /// This host's lease, e.g. 10.0.37.0/24.
+    pub own_subnet: Ipv4Net,
+    /// `--ip-masq`: flannel's masquerade rules. Without it no NAT chain exists at all.
+    pub ip_masq: bool,
+    /// The VXLAN UDP port (8472 unless configured).
+    pub vxlan_port: u16,
+    /// Public IPs of the current peers (from the leases). Kept in the `peers` set whether or
+    /// not the filter is on, so it can be inspected.
+    pub peers: BTreeSet<Ipv4Addr>,
+    /// Drop (and count) VXLAN on `vxlan_port` from anything not in `peers`. With no peers,
+    /// all VXLAN is dropped. Peers behind NAT must appear with the address their packets
+    /// arrive from, which is their lease's `PublicIP` in flannel's model.
+    pub filter_vxlan: bool,
+}
+
+/// What [`ensure`] had to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The table was as wanted; nothing was written.
+    Unchanged,
+    /// There was no table; it was created.
+    Created,
+    /// Only the peers set's elements differed; they were replaced (one transaction).
+    PeersUpdated,
+    /// The table differed (spec changed, or a hand edit): rewritten whole, atomically. The
+    /// dropped-VXLAN counter keeps its value. If the spec did not change, log "repaired".
+    Rewritten,
+}
+
+impl Applied {
+    pub fn changed(self) -> bool {
+        self != Applied::Unchanged
+    }
+}
+
+/// Makes the kernel's `ip weft` table match `spec`, writing only if it differs.
+pub fn ensure(spec: &FirewallSpec) -> Result<Applied, KernelError> {
+    let want_objs: Vec<Value> = render::table_objects(spec).iter().map(to_value).collect();
+    let want = canonical(&want_objs);
+    let Some(have_objs) = list_table()? else {
+        apply("create table", &render(spec))?;
+        return Ok(Applied::Created);
+    };
+    let have = canonical(&have_objs);
+    if have == want {
+        return Ok(Applied::Unchanged);
+    }
+    if have.objects == want.objects && have.rules == want.rules {
+        apply("update set peers", &peers_update(&spec.peers))?;
+        return Ok(Applied::PeersUpdated);
+    }
+    let mut batch = to_value(&render(spec));
+    if let Some(old) = have_objs.iter().find_map(|o| o.get("counter")) {
+        carry_counter(&mut batch, old);
+    }
+    apply("rewrite table", &batch)?;
+    Ok(Applied::Rewritten)
+}
+
+/// Deletes the table. Ok(false) if there was none.
+pub fn remove() -> Result<bool, KernelError> {
+    if list_table()?.is_none() {
+        return Ok(false);
+    }
+    // add + delete: succeeds even if the table vanished since we looked.
+    let table = json!({"family": "ip", "name": TABLE});
+    apply(
+        "delete table",
+        &json!({"nftables": [{"add": {"table": table}}, {"delete": {"table": table}}]}),
+    )?;
+    Ok(true)
+}
+
+/// Packets counted by the VXLAN filter since the table was created (0 if there is no table).
+pub fn dropped_vxlan_packets() -> Result<u64, KernelError> {
+    let args = ["-j", "list", "counter", "ip", TABLE, COUNTER_VXLAN_DROPPED];
+    let Some(out) = nft_allow_missing("list counter", &args)? else {
+        return Ok(0);
+    };
+    let v: Value = parse("list counter", &out)?;
+    let packets = objects(&v)
+        .iter()
+        .find_map(|o| o.get("counter")?.get("packets")?.as_u64());
+    packets.ok_or_else(|| nft_err("list counter", format!("no packet count in {out}")))
+}
+
+/// The table's objects as listed, None if there is no table.
+fn list_table() -> Result<Option<Vec<Value>>, KernelError> {
+    let Some(out) = nft_allow_missing("list table", &["-j", "list", "table", "ip", TABLE])? else {
+        return Ok(None);
+    };
+    let v = parse("list table", &out)?;
+    Ok(Some(objects(&v).to_vec()))
+}
+
+/// Replaces the peers set's elements in one transaction.
+fn peers_update(peers: &BTreeSet<Ipv4Addr>) -> Value {
+    let set = json!({"family": "ip", "table": TABLE, "name": SET_PEERS});
+    let mut cmds = vec![json!({"flush": {"set": set}})];
+    if !peers.is_empty() {
+        let elem: Vec<String> = peers.iter().map(Ipv4Addr::to_string).collect();
+        let mut element = set.clone();
+        element["elem"] = json!(elem);
+        cmds.push(json!({"add": {"element": element}}));
+    }
+    json!({ "nftables": cmds })
+}
+
+/// Sets the rendered counter's initial values to the old counter's, so a rewrite does not
+/// reset the metric (a counter object accepts initial values on input).
+fn carry_counter(batch: &mut Value, old: &Value) {
+    let Some(cmds) = batch.get_mut("nftables").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for cmd in cmds {
+        if let Some(c) = cmd.pointer_mut("/add/counter").and_then(Value::as_object_mut) {
+            if c.get("name") == old.get("name") {
+                for key in ["packets", "bytes"] {
+                    if let Some(n) = old.get(key) {
+                        c.insert(key.into(), n.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn to_value<T: serde::Serialize>(x: &T) -> Value {
+    serde_json::to_value(x).expect("nftables types serialize")
+}
+
+fn objects(v: &Value) -> &[Value] {
+    v.get("nftables").and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
+fn parse(op: &'static str, out: &str) -> Result<Value, KernelError> {
+    serde_json::from_str(out).map_err(|e| nft_err(op, format!("unreadable JSON from nft: {e}")))
+}
+
+fn nft_err(op: &'static str, message: impl Into<String>) -> KernelError {
+    KernelError::Nft {
+        op,
+        message: message.into(),
+    }
+}
+
+/// Applies a JSON batch with `nft -j -f -` (one transaction).
+fn apply<T: serde::Serialize>(op: &'static str, batch: &T) -> Result<(), KernelError> {
+    let input = serde_json::to_string(batch).expect("JSON serializes");
+    nft(op, &["-j", "-f", "-"], Some(&input)).map(drop)
+}
+
+/// Runs nft; Ok(None) when it ran and failed because the object does not exist.
+fn nft_allow_missing(op: &'static str, args: &[&str]) -> Result<Option<String>, KernelError> {
+    let out = run_nft(op, args, None)?;
+    if out.status.success() {
+        return Ok(Some(out.stdout));
+    }
+    if out.stderr.contains("No such file or directory") {
+        return Ok(None);
+    }
+    Err(failed(op, &out))
+}
+
+/// Runs `nft ARGS` (stdin from `input`), returning stdout; failures carry nft's stderr.
+fn nft(op: &'static str, args: &[&str], input: Option<&str>) -> Result<String, KernelError> {
+    let out = run_nft(op, args, input)?;
+    if !out.status.success() {
+        return Err(failed(op, &out));
+    }
+    Ok(out.stdout)
+}
+
+struct NftOutput {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn failed(op: &'static str, out: &NftOutput) -> KernelError {
+    nft_err(op, format!("nft {}: {}", out.status, out.stderr.trim()))
+}
+
+/// Spawns nft; only failing to run it at all is an error here.
+fn run_nft(op: &'static str, args: &[&str], input: Option<&str>) -> Result<NftOutput, KernelError> {
+    let mut child = Command::new("nft")
+        .args(args)
+        // Error texts are matched ("No such file or directory"): keep them untranslated.
+        .env("LC_ALL", "C")
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| nft_err(op, format!("cannot run nft: {e}")))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A write error means nft exited early; its stderr says why.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| nft_err(op, format!("waiting for nft: {e}")))?;
+    Ok(NftOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}

@@ -1,0 +1,364 @@
+//! The pure half: a [`FirewallSpec`] rendered as one nftables JSON batch.
+//!
+//! The shapes here are exactly the ones `nft -j list table` prints back (payload matches,
+//! prefixes, `"prio": 100` rather than `srcnat`), so the comparison in `compare` stays simple.
+
+use super::{FirewallSpec, CHAIN_FORWARD, CHAIN_INPUT, CHAIN_POSTROUTING, COUNTER_VXLAN_DROPPED, SET_PEERS, TABLE};
+use ipnet::Ipv4Net;
+use nftables::batch::Batch;
+use nftables::expr::{BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::schema::{Chain, Counter, NfListObject, Nftables, Rule, Set, SetType, SetTypeValue, Table};
+use nftables::stmt::{self, Match, Operator, Statement, NAT};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use std::borrow::Cow;
+
+/// `ip`, not `inet`: NAT chains in `inet` tables need Linux 5.2, and weft supports older kernels
+/// (the checksum workaround exists for them). The overlay is IPv4-only, so nothing is lost.
+pub(super) const FAMILY: NfFamily = NfFamily::IP;
+
+/// kube-proxy's "masquerade me" mark; flannel leaves such packets to kube-proxy's own rules.
+const KUBE_MARK_MASQ: u32 = 0x4000;
+
+/// Standard priorities (`srcnat` = 100, `filter` = 0), the ones iptables-nft and firewalld use:
+/// chains of different tables on one hook all run, ordered by priority, whatever their table.
+const PRIO_SRCNAT: i32 = 100;
+const PRIO_FILTER: i32 = 0;
+
+/// The whole table as one atomic batch: `add table` + `delete table` (together an idempotent
+/// "delete if it exists"; nft 1.0.6 has no `destroy`), then the table from scratch. `nft -f`
+/// applies a batch as one transaction, so no packet ever sees a half-written table.
+///
+/// Deterministic: the same spec always gives the same batch (peers are a `BTreeSet`).
+pub fn render(spec: &FirewallSpec) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table()));
+    batch.delete(NfListObject::Table(table()));
+    for obj in table_objects(spec) {
+        batch.add(obj);
+    }
+    batch.to_nftables()
+}
+
+/// The table's contents in the order `nft list table` prints them: table, counters, sets,
+/// chains, then each chain's rules.
+pub(super) fn table_objects(spec: &FirewallSpec) -> Vec<NfListObject<'static>> {
+    let mut objs = vec![
+        NfListObject::Table(table()),
+        // Always present, so the metric exists (as 0) even with the filter off.
+        NfListObject::Counter(Counter {
+            family: FAMILY,
+            table: TABLE.into(),
+            name: COUNTER_VXLAN_DROPPED.into(),
+            handle: None,
+            packets: None,
+            bytes: None,
+        }),
+        NfListObject::Set(Box::new(peers_set(spec))),
+    ];
+    let mut rules = Vec::new();
+    if spec.ip_masq {
+        objs.push(base_chain(
+            CHAIN_POSTROUTING,
+            NfChainType::NAT,
+            NfHook::Postrouting,
+            PRIO_SRCNAT,
+        ));
+        rules.extend(masq_rules(spec).into_iter().map(|r| rule(CHAIN_POSTROUTING, r)));
+    }
+    objs.push(base_chain(
+        CHAIN_FORWARD,
+        NfChainType::Filter,
+        NfHook::Forward,
+        PRIO_FILTER,
+    ));
+    rules.extend(forward_rules(spec).into_iter().map(|r| rule(CHAIN_FORWARD, r)));
+    if spec.filter_vxlan {
+        objs.push(base_chain(CHAIN_INPUT, NfChainType::Filter, NfHook::Input, PRIO_FILTER));
+        rules.push(rule(CHAIN_INPUT, vxlan_filter_rule(spec)));
+    }
+    objs.extend(rules);
+    objs
+}
+
+/// flannel's FLANNEL-POSTRTG, rule for rule (see the v0.20.2 capture).
+fn masq_rules(spec: &FirewallSpec) -> Vec<Vec<Statement<'static>>> {
+    let net = spec.network;
+    let multicast: Ipv4Net = "224.0.0.0/4".parse().expect("constant");
+    vec![
+        // Marked by kube-proxy: its own rules masquerade these; don't do it twice.
+        vec![mark_match(KUBE_MARK_MASQ), ret()],
+        // Inside the overlay: never.
+        vec![saddr(Operator::EQ, net), daddr(Operator::EQ, net), ret()],
+        // Overlay to the outside world (multicast excepted).
+        vec![saddr(Operator::EQ, net), daddr(Operator::NEQ, multicast), masquerade()],
+        // From outside to our own pods: keep the client's address.
+        vec![saddr(Operator::NEQ, net), daddr(Operator::EQ, spec.own_subnet), ret()],
+        // From outside (the host itself, say) to other hosts' pods: answers must come back here.
+        vec![saddr(Operator::NEQ, net), daddr(Operator::EQ, net), masquerade()],
+    ]
+}
+
+/// flannel's FLANNEL-FWD. Only accepts: a drop elsewhere (another table, another hook) still
+/// wins, and the chain's policy is accept so the host's own forwarding policy is untouched.
+fn forward_rules(spec: &FirewallSpec) -> Vec<Vec<Statement<'static>>> {
+    vec![
+        vec![saddr(Operator::EQ, spec.network), accept()],
+        vec![daddr(Operator::EQ, spec.network), accept()],
+    ]
+}
+
+/// `udp dport PORT ip saddr != @peers counter name vxlan_dropped drop`
+fn vxlan_filter_rule(spec: &FirewallSpec) -> Vec<Statement<'static>> {
+    vec![
+        Statement::Match(Match {
+            left: payload("udp", "dport"),
+            right: Expression::Number(u32::from(spec.vxlan_port)),
+            op: Operator::EQ,
+        }),
+        Statement::Match(Match {
+            left: payload("ip", "saddr"),
+            right: Expression::String(format!("@{SET_PEERS}").into()),
+            op: Operator::NEQ,
+        }),
+        Statement::Counter(stmt::Counter::Named(COUNTER_VXLAN_DROPPED.into())),
+        Statement::Drop(None),
+    ]
+}
+
+fn table() -> Table<'static> {
+    Table {
+        family: FAMILY,
+        name: TABLE.into(),
+        handle: None,
+    }
+}
+
+fn peers_set(spec: &FirewallSpec) -> Set<'static> {
+    let elems: Vec<Expression<'static>> = spec
+        .peers
+        .iter()
+        .map(|ip| Expression::String(ip.to_string().into()))
+        .collect();
+    Set {
+        family: FAMILY,
+        table: TABLE.into(),
+        name: SET_PEERS.into(),
+        handle: None,
+        set_type: SetTypeValue::Single(SetType::Ipv4Addr),
+        policy: None,
+        flags: None,
+        // nft omits `elem` for an empty set; so do we.
+        elem: (!elems.is_empty()).then(|| Cow::Owned(elems)),
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
+}
+
+fn base_chain(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> NfListObject<'static> {
+    NfListObject::Chain(Chain {
+        family: FAMILY,
+        table: TABLE.into(),
+        name: name.into(),
+        newname: None,
+        handle: None,
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        dev: None,
+        policy: Some(NfChainPolicy::Accept),
+    })
+}
+
+fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family: FAMILY,
+        table: TABLE.into(),
+        chain: chain.into(),
+        expr: expr.into(),
+        handle: None,
+        index: None,
+        comment: None,
+    })
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
+        protocol: protocol.into(),
+        field: field.into(),
+    })))
+}
+
+fn prefix(net: Ipv4Net) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(Expression::String(net.network().to_string().into())),
+        len: u32::from(net.prefix_len()),
+    }))
+}
+
+fn saddr(op: Operator, net: Ipv4Net) -> Statement<'static> {
+    Statement::Match(Match {
+        left: payload("ip", "saddr"),
+        right: prefix(net),
+        op,
+    })
+}
+
+fn daddr(op: Operator, net: Ipv4Net) -> Statement<'static> {
+    Statement::Match(Match {
+        left: payload("ip", "daddr"),
+        right: prefix(net),
+        op,
+    })
+}
+
+/// `meta mark & MARK == MARK`
+fn mark_match(mark: u32) -> Statement<'static> {
+    Statement::Match(Match {
+        left: Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+            Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Mark })),
+            Expression::Number(mark),
+        ))),
+        right: Expression::Number(mark),
+        op: Operator::EQ,
+    })
+}
+
+/// `masquerade fully-random`, as flannel's `--random-fully`: no source-port collisions between
+/// pods that picked the same port.
+fn masquerade() -> Statement<'static> {
+    Statement::Masquerade(Some(NAT {
+        addr: None,
+        family: None,
+        port: None,
+        flags: Some([stmt::NATFlag::FullyRandom].into_iter().collect()),
+    }))
+}
+
+fn ret() -> Statement<'static> {
+    Statement::Return(None)
+}
+
+fn accept() -> Statement<'static> {
+    Statement::Accept(None)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    pub(crate) fn spec() -> FirewallSpec {
+        FirewallSpec {
+            network: "10.0.0.0/16".parse().unwrap(),
+            own_subnet: "10.0.37.0/24".parse().unwrap(),
+            ip_masq: true,
+            vxlan_port: 8472,
+            peers: ["198.51.100.10", "192.0.2.10"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+            filter_vxlan: true,
+        }
+    }
+
+    fn json(spec: &FirewallSpec) -> String {
+        serde_json::to_string(&render(spec)).unwrap()
+    }
+
+    #[test]
+    fn deterministic() {
+        let a = spec();
+        let mut b = spec();
+        // Same peers inserted in another order.
+        b.peers = a.peers.iter().rev().copied().collect::<BTreeSet<_>>();
+        assert_eq!(json(&a), json(&b));
+        assert_eq!(render(&a), render(&a));
+    }
+
+    #[test]
+    fn batch_starts_with_idempotent_delete() {
+        let s = json(&spec());
+        let want = r#"{"nftables":[{"add":{"table":{"family":"ip","name":"weft"}}},{"delete":{"table":{"family":"ip","name":"weft"}}},{"add":{"table":{"family":"ip","name":"weft"}}},"#;
+        assert!(s.starts_with(want), "{s}");
+    }
+
+    #[test]
+    fn flannel_masquerade_rules() {
+        let s = json(&spec());
+        // The five FLANNEL-POSTRTG rules, in flannel's order.
+        let order = [
+            r#"{"match":{"left":{"&":[{"meta":{"key":"mark"}},16384]},"right":16384,"op":"=="}},{"return":null}"#,
+            r#""right":{"prefix":{"addr":"10.0.0.0","len":16}},"op":"=="}},{"return":null}"#,
+            r#""right":{"prefix":{"addr":"224.0.0.0","len":4}},"op":"!="}},{"masquerade":{"flags":["fully-random"]}}"#,
+            r#""right":{"prefix":{"addr":"10.0.37.0","len":24}},"op":"=="}},{"return":null}"#,
+            r#""right":{"prefix":{"addr":"10.0.0.0","len":16}},"op":"=="}},{"masquerade":{"flags":["fully-random"]}}"#,
+        ];
+        let mut at = 0;
+        for part in order {
+            let i = s[at..]
+                .find(part)
+                .unwrap_or_else(|| panic!("{part} missing after {at} in {s}"));
+            at += i + part.len();
+        }
+        assert!(
+            s.contains(r#""type":"nat","hook":"postrouting","prio":100,"policy":"accept""#),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn host_bits_are_dropped() {
+        // nft lists prefixes without host bits; rendering them would look like a hand edit.
+        let s = json(&FirewallSpec {
+            network: "10.0.0.5/16".parse().unwrap(),
+            own_subnet: "10.0.37.1/24".parse().unwrap(),
+            ..spec()
+        });
+        assert!(!s.contains("10.0.0.5") && !s.contains("10.0.37.1"), "{s}");
+        assert!(s.contains(r#"{"prefix":{"addr":"10.0.37.0","len":24}}"#), "{s}");
+    }
+
+    #[test]
+    fn without_masq_no_nat_chain() {
+        let s = json(&FirewallSpec {
+            ip_masq: false,
+            ..spec()
+        });
+        assert!(!s.contains("postrouting") && !s.contains("masquerade"), "{s}");
+        assert!(s.contains(r#""hook":"forward""#), "{s}");
+    }
+
+    #[test]
+    fn forward_accepts_overlay() {
+        let s = json(&spec());
+        assert!(s.contains(r#""chain":"forward","expr":[{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":{"prefix":{"addr":"10.0.0.0","len":16}},"op":"=="}},{"accept":null}]"#), "{s}");
+        assert!(
+            s.contains(r#""type":"filter","hook":"forward","prio":0,"policy":"accept""#),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn vxlan_filter_and_peers() {
+        let s = json(&spec());
+        assert!(s.contains(r#""elem":["192.0.2.10","198.51.100.10"]"#), "{s}");
+        assert!(s.contains(r#""right":8472,"op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"@peers","op":"!="}},{"counter":"vxlan_dropped"},{"drop":null}"#), "{s}");
+        let off = json(&FirewallSpec {
+            filter_vxlan: false,
+            peers: BTreeSet::new(),
+            ..spec()
+        });
+        assert!(!off.contains(r#""hook":"input""#) && !off.contains("@peers"), "{off}");
+        // Set and counter stay, empty set without `elem` (as nft lists it).
+        assert!(
+            off.contains(r#"{"set":{"family":"ip","table":"weft","name":"peers","type":"ipv4_addr"}}"#),
+            "{off}"
+        );
+        assert!(
+            off.contains(r#""counter":{"family":"ip","table":"weft","name":"vxlan_dropped""#),
+            "{off}"
+        );
+    }
+}
