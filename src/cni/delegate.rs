@@ -9,13 +9,15 @@ use super::error::CniError;
 use super::netconf::NetConf;
 use crate::subnet_env::SubnetEnv;
 use serde_json::{json, Map, Value};
+use std::net::Ipv4Addr;
 
 pub const DEFAULT_TYPE: &str = "bridge";
 pub const DEFAULT_BRIDGE: &str = "cni0";
 
-/// The delegate config for this network on this host. Pure: the same inputs give the same config.
-pub fn build(conf: &NetConf, env: &SubnetEnv) -> Result<Value, CniError> {
-    let mut d = conf.delegate.clone();
+/// Rejects overrides no delegate config can be built from. Pure and independent of
+/// `subnet.env`, so a bad network config is reported as such even while the agent is down.
+pub fn validate(conf: &NetConf) -> Result<String, CniError> {
+    let d = &conf.delegate;
     // The runtime's name and version must reach the delegate unchanged: the result's format and
     // host-local's state directory depend on them.
     for key in ["name", "cniVersion"] {
@@ -26,9 +28,6 @@ pub fn build(conf: &NetConf, env: &SubnetEnv) -> Result<Value, CniError> {
             });
         }
     }
-    d.insert("cniVersion".into(), json!(conf.cni_version));
-    d.insert("name".into(), json!(conf.name));
-
     let ty = match d.get("type") {
         None => DEFAULT_TYPE.to_string(),
         Some(Value::String(t)) => t.clone(),
@@ -44,6 +43,20 @@ pub fn build(conf: &NetConf, env: &SubnetEnv) -> Result<Value, CniError> {
             "delegate.type {ty:?} must be the name of a plugin binary in CNI_PATH, e.g. \"bridge\""
         )));
     }
+    if let Some(other) = d.get("ipam").filter(|i| !i.is_object()) {
+        return Err(CniError::InvalidConfig(format!(
+            "delegate.ipam must be a JSON object, not {other}"
+        )));
+    }
+    Ok(ty)
+}
+
+/// The delegate config for this network on this host. Pure: the same inputs give the same config.
+pub fn build(conf: &NetConf, env: &SubnetEnv) -> Result<Value, CniError> {
+    let ty = validate(conf)?;
+    let mut d = conf.delegate.clone();
+    d.insert("cniVersion".into(), json!(conf.cni_version));
+    d.insert("name".into(), json!(conf.name));
     d.insert("type".into(), json!(ty));
 
     if ty == "bridge" {
@@ -56,7 +69,7 @@ pub fn build(conf: &NetConf, env: &SubnetEnv) -> Result<Value, CniError> {
     }
     default(&mut d, "mtu", json!(env.mtu));
 
-    let ipam = ipam(conf, &d, env)?;
+    let ipam = ipam(conf, &d, env);
     d.insert("ipam".into(), Value::Object(ipam));
     if let Some(rc) = &conf.runtime_config {
         d.insert("runtimeConfig".into(), rc.clone());
@@ -66,27 +79,32 @@ pub fn build(conf: &NetConf, env: &SubnetEnv) -> Result<Value, CniError> {
 
 /// host-local over the host's subnet with a route to the cluster network, under the operator's
 /// overrides (`delegate.ipam` first, then flannel's top-level `ipam`).
-fn ipam(conf: &NetConf, d: &Map<String, Value>, env: &SubnetEnv) -> Result<Map<String, Value>, CniError> {
-    let mut ipam = match d.get("ipam") {
-        None => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(other) => {
-            return Err(CniError::InvalidConfig(format!(
-                "delegate.ipam must be a JSON object, not {other}"
-            )))
-        }
-    };
+fn ipam(conf: &NetConf, d: &Map<String, Value>, env: &SubnetEnv) -> Map<String, Value> {
+    // validate() has made sure it is an object if present.
+    let mut ipam = d.get("ipam").and_then(Value::as_object).cloned().unwrap_or_default();
     for (k, v) in &conf.ipam {
         ipam.entry(k.clone()).or_insert_with(|| v.clone());
     }
     default(&mut ipam, "type", json!("host-local"));
     // An old-style single `subnet` is host-local's too; adding ranges next to it would give the
     // container a second address.
-    if !ipam.contains_key("ranges") && !ipam.contains_key("subnet") {
+    let route = if !ipam.contains_key("ranges") && !ipam.contains_key("subnet") {
         ipam.insert("ranges".into(), json!([[{ "subnet": env.subnet.to_string() }]]));
-    }
-    default(&mut ipam, "routes", json!([{ "dst": env.network.to_string() }]));
-    Ok(ipam)
+        // host-local's gateway is the range's first address, which the bridge takes. Naming it
+        // in the route (flannel leaves it implicit) is the same route, and lets the bridge
+        // plugin's CHECK find it: it looks for a route with exactly the result's gateway.
+        json!({ "dst": env.network.to_string(), "gw": first_host(env).to_string() })
+    } else {
+        // The operator's own ranges: their gateway is theirs to name.
+        json!({ "dst": env.network.to_string() })
+    };
+    default(&mut ipam, "routes", json!([route]));
+    ipam
+}
+
+/// The subnet's first host address, flannel's FLANNEL_SUBNET address and the bridge's.
+fn first_host(env: &SubnetEnv) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(env.subnet.network()).saturating_add(1))
 }
 
 fn default(m: &mut Map<String, Value>, key: &str, value: Value) {
@@ -133,7 +151,7 @@ mod tests {
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{"subnet": "10.0.37.0/24"}]],
-                    "routes": [{"dst": "10.0.0.0/16"}]
+                    "routes": [{"dst": "10.0.0.0/16", "gw": "10.0.37.1"}]
                 }
             })
         );
@@ -173,6 +191,11 @@ mod tests {
     fn an_old_style_subnet_gets_no_ranges() {
         let d = build(&conf(r#","ipam":{"subnet":"10.0.37.0/25"}"#), &env(false)).unwrap();
         assert!(d["ipam"].get("ranges").is_none());
+        assert_eq!(
+            d["ipam"]["routes"],
+            json!([{"dst": "10.0.0.0/16"}]),
+            "no gateway guessed"
+        );
     }
 
     #[test]

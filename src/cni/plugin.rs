@@ -22,6 +22,7 @@ pub fn plan(env: &Env, stdin: &[u8]) -> Result<Plan, CniError> {
     }
     let args = CniArgs::from_env(command, env)?;
     let conf = NetConf::parse(stdin)?;
+    delegate::validate(&conf)?;
     // CHECK arrived with spec 0.4.0; an older config cannot ask for it.
     if command == Command::Check && conf.cni_version.starts_with("0.3.") {
         return Err(CniError::CheckNeedsNewerVersion(conf.cni_version));
