@@ -51,13 +51,18 @@ impl Reply {
 
 /// One plugin call. `via_ns` runs it inside that namespace; `env` is the whole environment.
 fn call(via_ns: Option<&str>, env: &[(&str, String)], stdin: &str) -> Reply {
+    run(via_ns, &plugin_bin(), env, stdin)
+}
+
+/// Runs a CNI plugin binary as a runtime does: only the given environment, the config on stdin.
+fn run(via_ns: Option<&str>, binary: &Path, env: &[(&str, String)], stdin: &str) -> Reply {
     let mut cmd = match via_ns {
         Some(ns) => {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(plugin_bin());
+            c.args(["netns", "exec", ns]).arg(binary);
             c
         }
-        None => Command::new(plugin_bin()),
+        None => Command::new(binary),
     };
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -65,14 +70,14 @@ fn call(via_ns: Option<&str>, env: &[(&str, String)], stdin: &str) -> Reply {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("start weft-cni");
+    let mut child = cmd.spawn().expect("start the plugin");
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(stdin.as_bytes())
         .expect("write stdin");
-    let out = child.wait_with_output().expect("wait for weft-cni");
+    let out = child.wait_with_output().expect("wait for the plugin");
     Reply {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -108,16 +113,20 @@ impl Files {
         std::fs::write(self.subnet_file(), subnet_env(ipmasq)).expect("write subnet.env");
     }
 
-    /// The network config a runtime would pass, as in contrib/cni/10-weft.conflist.
+    /// The network config a runtime passes for the first plugin of contrib/cni/10-weft.conflist:
+    /// the plugin's entry with the list's name and cniVersion (as libcni injects them), pointed at
+    /// this test's files.
     fn conf(&self) -> Value {
-        json!({
-            "cniVersion": "1.0.0",
-            "name": "weft-test",
-            "type": "weft-cni",
-            "subnetFile": self.subnet_file(),
-            "dataDir": self.data_dir(),
-            "delegate": { "ipam": { "dataDir": self.dir.path().join("ipam") } }
-        })
+        let text = include_str!("../contrib/cni/10-weft.conflist");
+        let list: Value = serde_json::from_str(text).expect("conflist is JSON");
+        let mut conf = list["plugins"][0].clone();
+        assert_eq!(conf["type"], "weft-cni");
+        conf["name"] = json!("weft-test");
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["subnetFile"] = json!(self.subnet_file());
+        conf["dataDir"] = json!(self.data_dir());
+        conf["delegate"]["ipam"] = json!({ "dataDir": self.dir.path().join("ipam") });
+        conf
     }
 
     fn saved(&self, container: &str) -> PathBuf {
@@ -276,6 +285,23 @@ fn result_address(r: &Value) -> ipnet::Ipv4Net {
         .unwrap_or_else(|| panic!("no IPv4 address in {r}"))
 }
 
+/// contrib/cni/10-weft.conflist's second plugin, as a runtime passes it after our ADD.
+fn portmap_conf(prev_result: &Value) -> Value {
+    let list: Value = serde_json::from_str(include_str!("../contrib/cni/10-weft.conflist")).expect("conflist is JSON");
+    let mut conf = list["plugins"][1].clone();
+    assert_eq!(conf["type"], "portmap");
+    conf["name"] = json!("weft-test");
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["runtimeConfig"] = json!({"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]});
+    conf["prevResult"] = prev_result.clone();
+    conf
+}
+
+/// Runs one of Debian's plugins in namespace `ns`, as the runtime runs the rest of a chain.
+fn call_plugin(ns: &str, plugin: &str, env: &[(&str, String)], stdin: &str) -> Reply {
+    run(Some(ns), &Path::new(PLUGINS).join(plugin), env, stdin)
+}
+
 fn no_cni0_in_root_namespace() {
     let out = Command::new("ip")
         .args(["link", "show", "cni0"])
@@ -337,10 +363,17 @@ fn add_check_del_with_the_real_bridge() {
     );
     no_cni0_in_root_namespace();
 
+    // The next plugin of the conflist (portmap) takes our result as its prevResult.
+    let portmap = portmap_conf(&result);
+    let chained = call_plugin(&host, "portmap", &env("ADD"), &portmap.to_string());
+    assert_eq!(result_address(&chained.success().json()), addr);
+
     let mut check_conf = f.conf();
     check_conf["prevResult"] = result;
     call(Some(&host), &env("CHECK"), &check_conf.to_string()).success();
 
+    // A runtime deletes in reverse order.
+    call_plugin(&host, "portmap", &env("DEL"), &portmap.to_string()).success();
     call(Some(&host), &env("DEL"), &f.conf().to_string()).success();
     assert!(!f.saved("pod1").exists(), "saved config removed by DEL");
     assert!(

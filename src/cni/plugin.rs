@@ -10,7 +10,8 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
     Version,
-    Call { args: CniArgs, conf: NetConf },
+    // Boxed: a plan is made once per process, and clippy minds the size difference.
+    Call { args: CniArgs, conf: Box<NetConf> },
 }
 
 /// Validates a call without touching anything: the environment first (it says what to do), then
@@ -27,7 +28,10 @@ pub fn plan(env: &Env, stdin: &[u8]) -> Result<Plan, CniError> {
     if command == Command::Check && conf.cni_version.starts_with("0.3.") {
         return Err(CniError::CheckNeedsNewerVersion(conf.cni_version));
     }
-    Ok(Plan::Call { args, conf })
+    Ok(Plan::Call {
+        args,
+        conf: Box::new(conf),
+    })
 }
 
 /// Runs a plan; returns what goes to stdout on success.
