@@ -62,8 +62,9 @@ pub fn build(conf: &NetConf, env: &SubnetEnv) -> Result<Value, CniError> {
     if ty == "bridge" {
         default(&mut d, "bridge", json!(DEFAULT_BRIDGE));
         default(&mut d, "isGateway", json!(true));
-        // When the agent masquerades traffic leaving the cluster network, the bridge must not
-        // masquerade as well (it would also hide pod addresses from other hosts).
+        // When the agent masquerades traffic leaving the cluster network, the bridge must not:
+        // its rule masquerades everything leaving the host's subnet, traffic to other hosts'
+        // containers included, which the agent's rules deliberately leave alone.
         default(&mut d, "ipMasq", json!(!env.ipmasq));
         default(&mut d, "hairpinMode", json!(true));
     }
