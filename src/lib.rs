@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod kernel;
 pub mod lab;
