@@ -28,6 +28,8 @@ impl Agent {
         };
         let set = select_peers(cfg, &host, self.leases.values());
         self.log_rejections(&set.rejected);
+        // Peers' VXLAN must be accepted before their entries send traffic our way.
+        self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
 
         let observed = observe(&self.kernel, link.index).await?;
         let ops = plan(cfg.network, link.index, &set.peers, &observed);
