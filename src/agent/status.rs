@@ -189,7 +189,7 @@ pub fn fetch(addr: std::net::SocketAddr, timeout: Duration) -> Result<Status, St
     let (head, json) = body
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("{addr}: malformed HTTP answer"))?;
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1).is_none_or(|c| c != "200") {
         return Err(format!("{addr}: {}", head.lines().next().unwrap_or("no status line")));
     }
     serde_json::from_str(json).map_err(|e| format!("{addr}: /status is not weft's: {e}"))
