@@ -359,6 +359,6 @@ fn direct_routing_uses_a_plain_route_for_peers_on_the_same_link() {
     assert!(!back.routes.contains(&near_route), "{:?}", back.routes);
     assert!(back.fdbs.iter().any(|f| f.mac == near.vtep_mac));
     // A gone peer's direct route is removed even after DirectRouting was turned off.
-    let ops = plan(net(), off, &[far.clone()], &after);
+    let ops = plan(net(), off, std::slice::from_ref(&far), &after);
     assert!(ops.contains(&Op::RemoveRoute(near_route)), "{ops:?}");
 }
