@@ -381,6 +381,10 @@ impl Agent {
         let seconds = started.elapsed().as_secs_f64();
         let (ok, error, operations) = match result {
             Ok(Some(ops)) => {
+                if ops > 0 {
+                    let peers = self.peer_status.iter().filter(|p| p.state == status::PeerState::Programmed).count();
+                    info!(operations = ops, peers, duration_ms = seconds * 1000.0, "reconciled");
+                }
                 self.converged_once = true;
                 if self.notes.clear("step") {
                     info!("recovered: the host is converged again");
