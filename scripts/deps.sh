@@ -25,6 +25,6 @@ if ! command -v cargo >/dev/null 2>&1; then
     [[ -x "$HOME/.cargo/bin/cargo" ]] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "weft: no Rust toolchain found; install one with rustup (https://rustup.rs), Rust 1.80 or newer" >&2
+    echo "weft: no Rust toolchain found; install one with rustup (https://rustup.rs), Rust 1.85 or newer" >&2
     exit 1
 fi

@@ -2,6 +2,7 @@
 //! `--iface-can-reach` and `--public-ip`.
 
 use crate::kernel::{Kernel, LinkInfo};
+use ipnet::Ipv4Net;
 use regex::Regex;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
@@ -27,6 +28,8 @@ pub struct PublicIface {
     pub local_ip: Ipv4Addr,
     /// The address written to our lease (`--public-ip`, else `local_ip`).
     pub public_ip: Ipv4Addr,
+    /// The subnet `local_ip` sits in on this link: peers inside it are directly reachable.
+    pub local_net: Ipv4Net,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,15 +52,16 @@ pub enum IfaceError {
 
 pub async fn select(kernel: &Kernel, opts: &IfaceOptions) -> Result<PublicIface, IfaceError> {
     let links = kernel.links().await?;
-    let addrs: Vec<(u32, Ipv4Addr)> = kernel
+    let with_len: Vec<(u32, Ipv4Addr, u8)> = kernel
         .addresses(None)
         .await?
         .into_iter()
-        .filter_map(|(i, ip, _)| match ip {
-            IpAddr::V4(v4) => Some((i, v4)),
+        .filter_map(|(i, ip, len)| match ip {
+            IpAddr::V4(v4) => Some((i, v4, len)),
             IpAddr::V6(_) => None,
         })
         .collect();
+    let addrs: Vec<(u32, Ipv4Addr)> = with_len.iter().map(|(i, ip, _)| (*i, *ip)).collect();
     let first_v4 = |index: u32| addrs.iter().find(|(i, _)| *i == index).map(|(_, ip)| *ip);
     let by_ip = |ip: Ipv4Addr| addrs.iter().find(|(_, a)| *a == ip).map(|(i, _)| *i);
     let link = |index: u32| links.iter().find(|l| l.index == index);
@@ -104,7 +108,15 @@ pub async fn select(kernel: &Kernel, opts: &IfaceOptions) -> Result<PublicIface,
     };
 
     let local_ip = local.ok_or_else(|| IfaceError::NoAddress(chosen.name.clone()))?;
+    let prefix = with_len
+        .iter()
+        .find(|(i, ip, _)| *i == chosen.index && *ip == local_ip)
+        .map_or(32, |a| a.2);
+    let local_net = Ipv4Net::new(local_ip, prefix)
+        .map(|n| n.trunc())
+        .unwrap_or(Ipv4Net::from(local_ip));
     Ok(PublicIface {
+        local_net,
         index: chosen.index,
         name: chosen.name.clone(),
         mtu: chosen.mtu,

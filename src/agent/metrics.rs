@@ -42,6 +42,8 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub watch_restarts: Counter,
     pub lease_expiry: Gauge<f64, AtomicU64>,
+    /// Mirrors the nft counter of VXLAN packets dropped for not coming from a peer.
+    pub vxlan_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -65,6 +67,7 @@ impl Metrics {
             store_errors: Counter::default(),
             watch_restarts: Counter::default(),
             lease_expiry: Gauge::default(),
+            vxlan_dropped: Counter::default(),
         };
         r.register(
             "leases",
@@ -105,6 +108,11 @@ impl Metrics {
             Unit::Seconds,
             m.lease_expiry.clone(),
         );
+        r.register(
+            "vxlan_dropped_packets",
+            "VXLAN packets dropped because they did not come from a peer",
+            m.vxlan_dropped.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -139,6 +147,15 @@ impl Metrics {
         self.reconciles
             .get_or_create(&ResultLabel { result: result.into() })
             .inc();
+    }
+
+    /// Brings the dropped-VXLAN counter up to the kernel's count (which only grows, except
+    /// when the table is recreated from scratch).
+    pub fn set_vxlan_dropped(&self, kernel_count: u64) {
+        let have = self.vxlan_dropped.get();
+        if kernel_count > have {
+            self.vxlan_dropped.inc_by(kernel_count - have);
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -5,7 +5,9 @@
 //! config → public interface → device → lease → address and `subnet.env` → peers. Nothing is ever
 //! flushed; each step only diffs observed against desired state, so a restart drops no packet.
 
+pub mod cleanup;
 pub mod device;
+mod firewall;
 pub mod http;
 pub mod iface;
 pub mod lease;
@@ -48,6 +50,9 @@ pub struct AgentOptions {
     pub lease_ttl: Duration,
     pub resync_interval: Duration,
     pub ip_masq: bool,
+    /// Accept VXLAN only from current peers' public IPs (nftables set).
+    pub vxlan_peer_filter: bool,
+    pub tx_checksum: crate::kernel::offload::TxChecksumPolicy,
     /// Where to serve `/healthz`, `/readyz`, `/metrics` and `/status`; off when `None`.
     pub healthz_addr: Option<SocketAddr>,
 }
@@ -118,6 +123,10 @@ struct Agent {
     peer_status: Vec<PeerStatus>,
     last_reconcile: Option<ReconcileStatus>,
     converged_once: bool,
+    /// The nft table as last written, and whether a resync asked to check it.
+    firewall: Option<crate::kernel::nft::FirewallSpec>,
+    firewall_check_due: bool,
+    offload_done_for: Option<u32>,
 }
 
 impl Agent {
@@ -149,6 +158,9 @@ impl Agent {
             peer_status: Vec::new(),
             last_reconcile: None,
             converged_once: false,
+            firewall: None,
+            firewall_check_due: false,
+            offload_done_for: None,
         }
     }
 
@@ -238,7 +250,7 @@ impl Agent {
                             continue;
                         }
                     }
-                    _ = resync.tick() => {}
+                    _ = resync.tick() => self.firewall_check_due = true,
                     _ = probe.tick() => {
                         self.probe_store().await;
                         continue;
@@ -461,6 +473,7 @@ impl Agent {
             }
         };
         self.device = Some(link.clone());
+        self.ensure_offload(&link).await?;
         let mac = link.mac.ok_or_else(|| AgentError::NoMac(spec.name.clone()))?;
         let value = vxlan_lease_value(iface.public_ip, cfg.backend.vni, mac);
 

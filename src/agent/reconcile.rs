@@ -9,7 +9,7 @@ use crate::config::NetworkConfig;
 use crate::kernel::{Kernel, KernelError, LinkInfo};
 use crate::planner::peers::{select_peers, Host, Peer, Rejected};
 use crate::planner::state::Observed;
-use crate::planner::{peer_entries, plan, Op};
+use crate::planner::{peer_entries, plan, Devices, DirectLink, Op};
 use std::collections::HashSet;
 use tracing::{info, warn};
 
@@ -28,9 +28,20 @@ impl Agent {
         };
         let set = select_peers(cfg, &host, self.leases.values());
         self.log_rejections(&set.rejected);
+        // Peers' VXLAN must be accepted before their entries send traffic our way.
+        self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
 
-        let observed = observe(&self.kernel, link.index).await?;
-        let ops = plan(cfg.network, link.index, &set.peers, &observed);
+        let devices = Devices {
+            vxlan: link.index,
+            direct: cfg.backend.direct_routing.then_some(DirectLink {
+                oif: iface.index,
+                net: iface.local_net,
+            }),
+            public: Some(iface.index),
+        };
+        let mut observed = observe(&self.kernel, link.index).await?;
+        observed.routes.extend(self.kernel.routes(iface.index).await?);
+        let ops = plan(cfg.network, devices, &set.peers, &observed);
         let mut failed: HashSet<Op> = HashSet::new();
         let mut first_error = None;
         for op in &ops {
@@ -46,7 +57,7 @@ impl Agent {
                 }
             }
         }
-        self.record_peers(&set.peers, &set.rejected, link.index, &failed);
+        self.record_peers(&set.peers, &set.rejected, devices, &failed);
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(ops.len()),
@@ -65,13 +76,13 @@ impl Agent {
     }
 
     /// A peer is programmed unless one of its three entries failed just now.
-    fn record_peers(&mut self, peers: &[Peer], rejected: &[Rejected], index: u32, failed: &HashSet<Op>) {
+    fn record_peers(&mut self, peers: &[Peer], rejected: &[Rejected], devices: Devices, failed: &HashSet<Op>) {
         let mut out = Vec::with_capacity(peers.len() + rejected.len());
         for p in peers {
-            let (n, f, r) = peer_entries(p, index);
-            let bad = [Op::EnsureNeigh(n), Op::EnsureFdb(f), Op::EnsureRoute(r)]
-                .iter()
-                .any(|op| failed.contains(op));
+            let e = peer_entries(p, devices);
+            let bad = e.neigh.is_some_and(|n| failed.contains(&Op::EnsureNeigh(n)))
+                || e.fdb.is_some_and(|f| failed.contains(&Op::EnsureFdb(f)))
+                || failed.contains(&Op::EnsureRoute(e.route));
             out.push(PeerStatus {
                 key: p.key.clone(),
                 subnet: Some(p.subnet.to_string()),

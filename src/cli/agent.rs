@@ -2,6 +2,7 @@
 
 use super::StoreArgs;
 use crate::agent::{self, iface::IfaceOptions, AgentOptions};
+use crate::kernel::offload::TxChecksumPolicy;
 use anyhow::Result;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -48,12 +49,40 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_RESYNC_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
 
+    /// Masquerade traffic from the overlay to destinations outside it (flannel's --ip-masq).
+    #[arg(long, env = "WEFT_IP_MASQ")]
+    pub ip_masq: bool,
+
+    /// Accept VXLAN only from current peers' public IPs (an nftables set that follows the leases).
+    #[arg(long, env = "WEFT_VXLAN_PEER_FILTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub vxlan_peer_filter: bool,
+
+    /// Transmit checksum offload on the VXLAN device: `auto` turns it off only on kernels before
+    /// 5.7, which corrupt VXLAN checksums under NAT; `on`/`off` force it.
+    #[arg(long, env = "WEFT_TX_CHECKSUM_OFFLOAD", value_enum, default_value_t = OffloadArg::Auto)]
+    pub tx_checksum_offload: OffloadArg,
+
+    /// Remove what weft set up on this host (nft table, routes, device, subnet.env) and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// With --cleanup: also delete this host's lease from the store.
+    #[arg(long, requires = "cleanup")]
+    pub release: bool,
+
     /// Serve /healthz, /readyz, /metrics and /status on this address (e.g. 127.0.0.1:9102).
     #[arg(long, env = "WEFT_HEALTHZ_ADDR")]
     pub healthz_addr: Option<std::net::SocketAddr>,
 
     #[command(flatten)]
     pub log: super::LogArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffloadArg {
+    Auto,
+    On,
+    Off,
 }
 
 /// `weft agent` as a command of its own, to re-parse it with a config file layered in.
@@ -103,9 +132,21 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         subnet_file: args.subnet_file,
         lease_ttl: args.subnet_lease_ttl,
         resync_interval: args.resync_interval,
-        ip_masq: false,
+        ip_masq: args.ip_masq,
+        vxlan_peer_filter: args.vxlan_peer_filter,
+        tx_checksum: match args.tx_checksum_offload {
+            OffloadArg::Auto => TxChecksumPolicy::Auto,
+            OffloadArg::On => TxChecksumPolicy::ForceOn,
+            OffloadArg::Off => TxChecksumPolicy::ForceOff,
+        },
         healthz_addr: args.healthz_addr,
     };
+    if args.cleanup {
+        for line in agent::cleanup::cleanup(&opts, args.release).await? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     agent::run(opts, shutdown_signal()).await?;
     Ok(())
 }

@@ -121,10 +121,32 @@ async fn offline(args: &StoreArgs) -> Result<Status> {
         subnet: own_lease.as_ref().map(|l| l.subnet),
     };
     let set = select_peers(&cfg, &host, &listing.entries);
-    let observed = observe(&kernel, link.index).await?;
+    let mut observed = observe(&kernel, link.index).await?;
+    // With DirectRouting, same-link peers are routed via the underlay device instead.
+    let underlay = link.vxlan.as_ref().and_then(|v| v.link);
+    if let Some(u) = underlay {
+        observed.routes.extend(kernel.routes(u).await?);
+    }
+    let direct_net = match (underlay, link.vxlan.as_ref().and_then(|v| v.local)) {
+        (Some(u), Some(local)) if cfg.backend.direct_routing => kernel
+            .addresses(Some(u))
+            .await?
+            .into_iter()
+            .find(|(_, ip, _)| *ip == std::net::IpAddr::V4(local))
+            .and_then(|(_, _, len)| ipnet::Ipv4Net::new(local, len).ok())
+            .map(|n| crate::planner::DirectLink { oif: u, net: n.trunc() }),
+        _ => None,
+    };
+    let devices = crate::planner::Devices {
+        vxlan: link.index,
+        direct: direct_net,
+        public: underlay,
+    };
     for p in &set.peers {
-        let (n, f, r) = peer_entries(p, link.index);
-        let present = observed.neighs.contains(&n) && observed.fdbs.contains(&f) && observed.routes.contains(&r);
+        let e = peer_entries(p, devices);
+        let present = e.neigh.is_none_or(|n| observed.neighs.contains(&n))
+            && e.fdb.is_none_or(|f| observed.fdbs.contains(&f))
+            && observed.routes.contains(&e.route);
         st.peers.push(PeerStatus {
             key: p.key.clone(),
             subnet: Some(p.subnet.to_string()),

@@ -58,43 +58,101 @@ impl fmt::Display for Op {
     }
 }
 
-/// The three entries a peer needs on device `oif`, in flannel's order: neighbour, FDB, route.
-pub fn peer_entries(peer: &Peer, oif: u32) -> (NeighEntry, FdbEntry, RouteEntry) {
-    (
-        NeighEntry {
+/// Where peers' entries go: the VXLAN device, and with DirectRouting the public link for the
+/// peers that sit on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Devices {
+    pub vxlan: u32,
+    /// Set when DirectRouting is on.
+    pub direct: Option<DirectLink>,
+    /// The public interface, where weft's direct routes live: owned even with DirectRouting off,
+    /// so turning it off leaves no stale route behind.
+    pub public: Option<u32>,
+}
+
+/// The public interface and its connected subnet: peers inside it are reached without VXLAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectLink {
+    pub oif: u32,
+    pub net: Ipv4Net,
+}
+
+impl Devices {
+    pub fn vxlan_only(vxlan: u32) -> Devices {
+        Devices {
+            vxlan,
+            direct: None,
+            public: None,
+        }
+    }
+
+    fn owns_route_on(&self, oif: u32) -> bool {
+        oif == self.vxlan || self.public == Some(oif) || self.direct.is_some_and(|d| d.oif == oif)
+    }
+}
+
+/// A peer's entries: through VXLAN, flannel's neighbour + FDB + route (in that order); on the
+/// same link with DirectRouting, only a plain route via its public IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerEntries {
+    pub neigh: Option<NeighEntry>,
+    pub fdb: Option<FdbEntry>,
+    pub route: RouteEntry,
+}
+
+pub fn peer_entries(peer: &Peer, devices: Devices) -> PeerEntries {
+    if let Some(d) = devices.direct.filter(|d| d.net.contains(&peer.public_ip)) {
+        return PeerEntries {
+            neigh: None,
+            fdb: None,
+            route: RouteEntry {
+                dst: peer.subnet,
+                gateway: peer.public_ip,
+                oif: d.oif,
+                onlink: false,
+                protocol: ROUTE_PROTO_WEFT,
+            },
+        };
+    }
+    PeerEntries {
+        neigh: Some(NeighEntry {
             ip: peer.vtep_ip(),
             mac: peer.vtep_mac,
-        },
-        FdbEntry {
+        }),
+        fdb: Some(FdbEntry {
             mac: peer.vtep_mac,
             dst: peer.public_ip,
-        },
-        RouteEntry {
+        }),
+        route: RouteEntry {
             dst: peer.subnet,
             gateway: peer.vtep_ip(),
-            oif,
+            oif: devices.vxlan,
             onlink: true,
             protocol: ROUTE_PROTO_WEFT,
         },
-    )
+    }
 }
 
-/// The operations that turn `observed` (the device's entries) into exactly the peers' entries.
+/// The operations that turn `observed` (the devices' entries) into exactly the peers' entries.
 ///
-/// Ownership: weft owns permanent neighbours on its device inside `network`, permanent unicast
-/// FDB entries on its device, and routes carrying `ROUTE_PROTO_WEFT`. Anything else is left
-/// alone, except that a route another agent left for a subnet we now serve is replaced.
-/// Removals come first (neighbour, FDB, route), then additions in the same order, so a changed
-/// peer never has two FDB entries for one MAC.
-pub fn plan(network: Ipv4Net, oif: u32, peers: &[Peer], observed: &Observed) -> Vec<Op> {
+/// Ownership: weft owns permanent neighbours on its VXLAN device inside `network`, permanent
+/// unicast FDB entries on it, and routes carrying `ROUTE_PROTO_WEFT` on its devices. Anything
+/// else is left alone, except that a route someone else left for a subnet we now serve is
+/// replaced. Removals come first (neighbour, FDB, route), then additions in the same order, so
+/// a changed peer never has two FDB entries for one MAC.
+pub fn plan(network: Ipv4Net, devices: Devices, peers: &[Peer], observed: &Observed) -> Vec<Op> {
     let mut want_neigh = BTreeMap::new();
     let mut want_fdb = BTreeMap::new();
     let mut want_route = BTreeMap::new();
     for p in peers {
-        let (n, f, r) = peer_entries(p, oif);
-        want_neigh.insert(n.ip, n);
-        want_fdb.insert(f.mac, f);
-        want_route.insert(r.dst, r);
+        let e = peer_entries(p, devices);
+        if let Some(n) = e.neigh {
+            want_neigh.insert(n.ip, n);
+        }
+        if let Some(f) = e.fdb {
+            want_fdb.insert(f.mac, f);
+        }
+        want_route.insert(e.route.dst, e.route);
     }
 
     let mut ops = Vec::new();
@@ -105,7 +163,12 @@ pub fn plan(network: Ipv4Net, oif: u32, peers: &[Peer], observed: &Observed) -> 
         .copied()
         .collect();
     let have_fdb: BTreeSet<_> = observed.fdbs.iter().copied().collect();
-    let have_route: BTreeSet<_> = observed.routes.iter().filter(|r| r.oif == oif).copied().collect();
+    let have_route: BTreeSet<_> = observed
+        .routes
+        .iter()
+        .filter(|r| devices.owns_route_on(r.oif))
+        .copied()
+        .collect();
 
     // Removals: owned entries no peer wants (a changed MAC or IP leaves the old one here).
     ops.extend(

@@ -59,10 +59,10 @@ fn apply(obs: &Observed, ops: &[Op]) -> Observed {
 fn desired(peers: &[Peer]) -> Observed {
     let mut o = Observed::default();
     for p in peers {
-        let (n, f, r) = peer_entries(p, DEV);
-        o.neighs.push(n);
-        o.fdbs.push(f);
-        o.routes.push(r);
+        let e = peer_entries(p, Devices::vxlan_only(DEV));
+        o.neighs.extend(e.neigh);
+        o.fdbs.extend(e.fdb);
+        o.routes.push(e.route);
     }
     o
 }
@@ -70,7 +70,7 @@ fn desired(peers: &[Peer]) -> Observed {
 #[test]
 fn fresh_host_gets_three_entries_per_peer_in_order() {
     let peers = [peer(48, 1, [198, 51, 100, 10])];
-    let ops = plan(net(), DEV, &peers, &Observed::default());
+    let ops = plan(net(), Devices::vxlan_only(DEV), &peers, &Observed::default());
     let kinds: Vec<_> = ops.iter().map(|o| o.labels()).collect();
     assert_eq!(kinds, [("neigh", "ensure"), ("fdb", "ensure"), ("route", "ensure")]);
     assert_eq!(ops[2].to_string(), "route 10.0.48.0/24 via 10.0.48.0 onlink proto 87");
@@ -83,14 +83,14 @@ fn fresh_host_gets_three_entries_per_peer_in_order() {
 #[test]
 fn converged_state_plans_nothing() {
     let peers = [peer(48, 1, [198, 51, 100, 10]), peer(51, 2, [203, 0, 113, 10])];
-    assert!(plan(net(), DEV, &peers, &desired(&peers)).is_empty());
+    assert!(plan(net(), Devices::vxlan_only(DEV), &peers, &desired(&peers)).is_empty());
 }
 
 #[test]
 fn changed_mac_leaves_no_old_fdb() {
     let old = [peer(48, 1, [198, 51, 100, 10])];
     let new = [peer(48, 9, [198, 51, 100, 10])];
-    let ops = plan(net(), DEV, &new, &desired(&old));
+    let ops = plan(net(), Devices::vxlan_only(DEV), &new, &desired(&old));
     assert_eq!(apply(&desired(&old), &ops), {
         let mut d = desired(&new);
         d.routes.clear();
@@ -107,14 +107,17 @@ fn changed_mac_leaves_no_old_fdb() {
 fn changed_public_ip_repoints_fdb() {
     let old = [peer(48, 1, [198, 51, 100, 10])];
     let new = [peer(48, 1, [198, 51, 100, 99])];
-    let after = apply(&desired(&old), &plan(net(), DEV, &new, &desired(&old)));
+    let after = apply(
+        &desired(&old),
+        &plan(net(), Devices::vxlan_only(DEV), &new, &desired(&old)),
+    );
     assert_eq!(after.fdbs, desired(&new).fdbs);
 }
 
 #[test]
 fn removed_peer_leaves_nothing() {
     let old = [peer(48, 1, [198, 51, 100, 10]), peer(51, 2, [203, 0, 113, 10])];
-    let ops = plan(net(), DEV, &old[..1], &desired(&old));
+    let ops = plan(net(), Devices::vxlan_only(DEV), &old[..1], &desired(&old));
     assert_eq!(
         ops.iter().map(|o| o.labels()).collect::<Vec<_>>(),
         [("neigh", "remove"), ("fdb", "remove"), ("route", "remove")]
@@ -140,7 +143,7 @@ fn foreign_entries_are_left_alone_but_flannel_routes_are_taken_over() {
     };
     let flannel_route = RouteEntry {
         protocol: 3,
-        ..peer_entries(&peers[0], DEV).2
+        ..peer_entries(&peers[0], Devices::vxlan_only(DEV)).route
     };
     let foreign_neigh = NeighEntry {
         ip: "192.0.2.77".parse().unwrap(),
@@ -148,12 +151,14 @@ fn foreign_entries_are_left_alone_but_flannel_routes_are_taken_over() {
     };
     obs.routes = vec![foreign_route, other_dev_route, flannel_route];
     obs.neighs = vec![foreign_neigh];
-    let ops = plan(net(), DEV, &peers, &obs);
+    let ops = plan(net(), Devices::vxlan_only(DEV), &peers, &obs);
     let after = apply(&obs, &ops);
     assert!(after.routes.contains(&foreign_route));
     assert!(after.routes.contains(&other_dev_route));
     assert!(after.neighs.contains(&foreign_neigh));
-    assert!(after.routes.contains(&peer_entries(&peers[0], DEV).2));
+    assert!(after
+        .routes
+        .contains(&peer_entries(&peers[0], Devices::vxlan_only(DEV)).route));
     assert!(!after.routes.contains(&flannel_route));
 }
 
@@ -278,8 +283,8 @@ proptest! {
     /// One plan reaches the desired state, and a second plan has nothing left to do.
     #[test]
     fn plan_converges_in_one_step(peers in arb_peers(), obs in arb_observed()) {
-        let after = apply(&obs, &plan(net(), DEV, &peers, &obs));
-        prop_assert!(plan(net(), DEV, &peers, &after).is_empty());
+        let after = apply(&obs, &plan(net(), Devices::vxlan_only(DEV), &peers, &obs));
+        prop_assert!(plan(net(), Devices::vxlan_only(DEV), &peers, &after).is_empty());
         let want = desired(&peers);
         for n in &want.neighs { prop_assert!(after.neighs.contains(n)); }
         for f in &want.fdbs { prop_assert!(after.fdbs.contains(f)); }
@@ -289,7 +294,7 @@ proptest! {
     /// Nothing weft does not own is removed or changed, and nothing stale that it owns survives.
     #[test]
     fn plan_touches_only_what_weft_owns(peers in arb_peers(), obs in arb_observed()) {
-        let ops = plan(net(), DEV, &peers, &obs);
+        let ops = plan(net(), Devices::vxlan_only(DEV), &peers, &obs);
         let after = apply(&obs, &ops);
         let want = desired(&peers);
         let wanted_dsts: Vec<_> = want.routes.iter().map(|r| r.dst).collect();
@@ -309,4 +314,51 @@ proptest! {
         for f in &after.fdbs { prop_assert!(want.fdbs.contains(f), "stale {f:?}"); }
         for n in after.neighs.iter().filter(|n| net().contains(&n.ip)) { prop_assert!(want.neighs.contains(n), "stale {n:?}"); }
     }
+}
+
+#[test]
+fn direct_routing_uses_a_plain_route_for_peers_on_the_same_link() {
+    let link = DirectLink {
+        oif: OTHER_DEV,
+        net: "198.51.100.0/24".parse().unwrap(),
+    };
+    let devices = Devices {
+        vxlan: DEV,
+        direct: Some(link),
+        public: Some(OTHER_DEV),
+    };
+    let near = peer(48, 1, [198, 51, 100, 10]);
+    let far = peer(51, 2, [203, 0, 113, 10]);
+    let ops = plan(net(), devices, &[near.clone(), far.clone()], &Observed::default());
+    let near_route = RouteEntry {
+        dst: near.subnet,
+        gateway: near.public_ip,
+        oif: OTHER_DEV,
+        onlink: false,
+        protocol: ROUTE_PROTO_WEFT,
+    };
+    assert!(ops.contains(&Op::EnsureRoute(near_route)));
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, Op::EnsureFdb(f) if f.mac == near.vtep_mac)),
+        "{ops:?}"
+    );
+    assert!(ops
+        .iter()
+        .any(|o| matches!(o, Op::EnsureFdb(f) if f.mac == far.vtep_mac)));
+    let after = apply(&Observed::default(), &ops);
+    assert!(plan(net(), devices, &[near.clone(), far.clone()], &after).is_empty());
+
+    // Turning DirectRouting off moves the near peer back onto VXLAN, leaving nothing behind.
+    let off = Devices {
+        direct: None,
+        ..devices
+    };
+    let ops = plan(net(), off, &[near.clone(), far.clone()], &after);
+    let back = apply(&after, &ops);
+    assert!(!back.routes.contains(&near_route), "{:?}", back.routes);
+    assert!(back.fdbs.iter().any(|f| f.mac == near.vtep_mac));
+    // A gone peer's direct route is removed even after DirectRouting was turned off.
+    let ops = plan(net(), off, std::slice::from_ref(&far), &after);
+    assert!(ops.contains(&Op::RemoveRoute(near_route)), "{ops:?}");
 }

@@ -1,0 +1,86 @@
+//! The host's nftables table and the VXLAN device's checksum offload: kept as the config and
+//! the peers say, checked again at every resync (so a hand edit is repaired within one).
+
+use super::{Agent, AgentError};
+use crate::config::NetworkConfig;
+use crate::kernel::nft::{self, Applied, FirewallSpec};
+use crate::kernel::offload::{self, TxChecksumPolicy};
+use crate::kernel::{KernelError, LinkInfo};
+use crate::planner::peers::Peer;
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+impl Agent {
+    /// Writes the table when what it should hold changed, or when a resync asks for a check.
+    pub(super) async fn ensure_firewall(
+        &mut self,
+        cfg: &NetworkConfig,
+        own_subnet: Ipv4Net,
+        peers: &[Peer],
+    ) -> Result<(), AgentError> {
+        let spec = FirewallSpec {
+            network: cfg.network,
+            own_subnet,
+            ip_masq: self.opts.ip_masq,
+            vxlan_port: cfg.backend.port,
+            peers: peers.iter().map(|p| p.public_ip).collect(),
+            filter_vxlan: self.opts.vxlan_peer_filter,
+        };
+        if self.firewall.as_ref() == Some(&spec) && !self.firewall_check_due {
+            return Ok(());
+        }
+        let spec_changed = self.firewall.as_ref() != Some(&spec);
+        let s = spec.clone();
+        let (applied, dropped) = tokio::task::spawn_blocking(move || -> Result<_, KernelError> {
+            Ok((nft::ensure(&s)?, nft::dropped_vxlan_packets()?))
+        })
+        .await
+        .map_err(|e| KernelError::Nft {
+            op: "ensure",
+            message: e.to_string(),
+        })??;
+        self.shared.metrics.kernel_op("nft", "ensure", true);
+        match applied {
+            Applied::Unchanged => {}
+            Applied::Created => info!(
+                table = nft::TABLE,
+                ip_masq = spec.ip_masq,
+                peers = spec.peers.len(),
+                "nft: created table"
+            ),
+            Applied::PeersUpdated => info!(table = nft::TABLE, peers = spec.peers.len(), "nft: updated peers set"),
+            Applied::Rewritten if spec_changed => info!(table = nft::TABLE, "nft: rewrote table"),
+            Applied::Rewritten => warn!(table = nft::TABLE, "nft: table was changed by hand; repaired"),
+        }
+        self.shared.metrics.set_vxlan_dropped(dropped);
+        self.firewall = Some(spec);
+        self.firewall_check_due = false;
+        Ok(())
+    }
+
+    /// Applies the `--tx-checksum-offload` policy once per device (it is a device setting).
+    pub(super) async fn ensure_offload(&mut self, link: &LinkInfo) -> Result<(), AgentError> {
+        if self.offload_done_for == Some(link.index) {
+            return Ok(());
+        }
+        let release = offload::running_kernel_release();
+        if let Some(on) = self.opts.tx_checksum.wanted(&release) {
+            let dev = link.name.clone();
+            let changed = tokio::task::spawn_blocking(move || offload::ensure_tx_checksum(&dev, on))
+                .await
+                .map_err(|e| KernelError::Nft {
+                    op: "ethtool",
+                    message: e.to_string(),
+                })??;
+            if changed {
+                let why = match self.opts.tx_checksum {
+                    TxChecksumPolicy::Auto => "kernel before 5.7 corrupts VXLAN checksums under NAT",
+                    _ => "--tx-checksum-offload",
+                };
+                info!(device = %link.name, kernel = %release, on, reason = why, "set tx checksum offload");
+            }
+        }
+        self.offload_done_for = Some(link.index);
+        Ok(())
+    }
+}
