@@ -514,6 +514,8 @@ subnet-file = "/file/subnet.env"
 resync-interval = "10s"
 subnet-lease-ttl = "1h"
 iface = ["eth1", "eth2"]
+ip-masq = true
+vxlan-peer-filter = false
 "#,
     );
     let out = weft(
@@ -538,9 +540,58 @@ iface = ["eth1", "eth2"]
     assert_eq!(eff["etcd-prefix"], pair("\"/coreos.com/network\"", "default"));
     assert_eq!(eff["store"].1, "default");
     assert_eq!(eff["public-ip"].1, "unset");
+    // Booleans, both a switch (`--ip-masq`) and a boolean option (`--vxlan-peer-filter false`).
+    assert_eq!(eff["ip-masq"], pair("true", "file"));
+    assert_eq!(eff["vxlan-peer-filter"], pair("false", "file"));
+    let out = weft(
+        &[
+            "agent",
+            "--config",
+            &file,
+            "--print-config",
+            "--vxlan-peer-filter",
+            "true",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(effective(&out)["vxlan-peer-filter"], pair("true", "flag"));
     // The file itself may come from the environment too.
     let out = weft(&["agent", "--print-config"], &[("WEFT_CONFIG", &file)], None);
     assert_eq!(effective(&out)["subnet-lease-ttl"], pair("\"1h\"", "file"));
+}
+
+#[test]
+fn print_config_output_is_a_config_file_that_means_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "agent",
+        "--print-config",
+        "--iface",
+        "eth1",
+        "--ip-masq",
+        "--vxlan-peer-filter",
+        "false",
+        "--subnet-lease-ttl",
+        "2h",
+        "--healthz-addr",
+        "127.0.0.1:9102",
+    ];
+    let first = effective(&weft(&args, &[], None));
+    let printed = stdout(&weft(&args, &[], None));
+    let as_file: String = printed
+        .lines()
+        .filter(|l| !l.contains("(unset)"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = write(dir.path(), "printed.toml", &as_file);
+    let again = effective(&weft(&["agent", "--config", &file, "--print-config"], &[], None));
+    let values = |m: &BTreeMap<String, (String, String)>| {
+        m.iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(values(&first), values(&again));
 }
 
 #[test]
@@ -569,6 +620,16 @@ fn config_file_errors_name_the_key() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("`store`") && err.contains("expected a string"), "{err}");
+
+    // A one-shot action in the file would run at every start.
+    let action = write(dir.path(), "action.toml", "cleanup = true\n");
+    let out = weft(&["agent", "--config", &action, "--print-config"], &[], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`cleanup` cannot be set in a config file"),
+        "{}",
+        stderr(&out)
+    );
 
     let broken = write(dir.path(), "broken.toml", "store = \n");
     let out = weft(&["agent", "--config", &broken, "--print-config"], &[], None);
