@@ -62,7 +62,7 @@ fn wait_health(lab: &Lab, host: &str, code: u16, check: Option<&str>, timeout: D
     let mut last = (0, vec![], String::new());
     let held = wait_for(timeout, || {
         last = healthz(lab, host);
-        last.0 == code && check.map_or(true, |c| last.1.iter().any(|f| f == c))
+        last.0 == code && check.is_none_or(|c| last.1.iter().any(|f| f == c))
     });
     assert!(held, "{host}: /healthz never became {code} {check:?}; last: {last:?}");
     last
