@@ -320,6 +320,47 @@ async fn healthz_names_a_store_that_stops_answering() {
 
     drop(holder);
     wait_health(&lab, "h1", 200, None, Duration::from_secs(15));
+    let errors = value(&metrics(&lab, "h1"), "weft_store_errors_total", &[]).unwrap();
+    assert!(errors >= 1.0, "store errors not counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_first_convergence() {
+    if !have_root("readyz_waits_for_the_first_convergence") {
+        return;
+    }
+    // Two hosts, one leasable subnet: one host converges, the other cannot until it is freed.
+    let opts = LabOptions::new(&lab_name(), 2)
+        .weft_bin(weft_bin())
+        .network_config(r#"{"Network":"10.0.0.0/24","SubnetLen":25,"Backend":{"Type":"vxlan"}}"#)
+        .wait(None);
+    let mut lab = Lab::up(opts).await.expect("lab up");
+    let mut leases = Default::default();
+    assert!(wait_for(Duration::from_secs(5), || {
+        leases = futures::executor::block_on(lab.leases()).unwrap();
+        leases.len() == 1
+    }));
+    let winner = leases.keys().next().unwrap().clone();
+    let loser = if winner == "h1" { "h2" } else { "h1" };
+    assert!(wait_for(Duration::from_secs(5), || verdict(&lab, &winner, "/readyz").0 == 200));
+    let (code, failing, body) = wait_health(&lab, loser, 503, Some("lease"), Duration::from_secs(5));
+    assert_eq!(code, 503);
+    assert!(body.contains("is full"), "{failing:?} {body}");
+    let (code, failing, _) = verdict(&lab, loser, "/readyz");
+    assert_eq!((code, failing), (503, vec!["converged".to_string()]));
+
+    // Stop the winner (its lease stays) and release its subnet with the admin command.
+    lab.kill_agent(&winner, Signal::SIGTERM).unwrap();
+    let subnet = leases[&winner].subnet.to_string();
+    let out = weft(
+        &["net", "lease", "release", &subnet, "--yes"],
+        &[("WEFT_STORE", lab.store_url()), ("WEFT_ETCD_PREFIX", lab.prefix())],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(wait_for(Duration::from_secs(5), || verdict(&lab, loser, "/readyz").0 == 200));
+    wait_health(&lab, loser, 200, None, Duration::from_secs(5));
+    assert_eq!(lab.leases().await.unwrap()[loser].subnet.to_string(), subnet);
 }
 
 // ---------------------------------------------------------------------------------------------
