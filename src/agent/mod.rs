@@ -468,7 +468,14 @@ impl Agent {
             learning: cfg.backend.learning,
             gbp: cfg.backend.gbp,
         };
-        let link = device::ensure_device(&self.kernel, &spec).await?;
+        let link = match device::ensure_device(&self.kernel, &spec).await {
+            Ok(link) => link,
+            Err(e) => {
+                // Report the device as the kernel has it now, not as it was before this failure.
+                self.device = self.kernel.link_by_name(&spec.name).await.ok().flatten();
+                return Err(e.into());
+            }
+        };
         self.device = Some(link.clone());
         self.ensure_offload(&link).await?;
         let mac = link.mac.ok_or_else(|| AgentError::NoMac(spec.name.clone()))?;
