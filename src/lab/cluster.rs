@@ -164,7 +164,8 @@ impl LabOptions {
 
 /// `json` with `Backend.DirectRouting` set to true.
 fn with_direct_routing(json: &str) -> std::result::Result<String, String> {
-    let mut v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("network config is not JSON: {e}"))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("network config is not JSON: {e}"))?;
     let backend = v
         .as_object_mut()
         .ok_or("network config is not a JSON object")?
@@ -269,7 +270,8 @@ impl Lab {
 
         let plans: Vec<HostPlan> = (1..=opts.nodes)
             .map(|i| {
-                topology::host_plan_sized(&name, i, opts.rack_size).ok_or_else(|| invalid(format!("no rack for host {i}")))
+                topology::host_plan_sized(&name, i, opts.rack_size)
+                    .ok_or_else(|| invalid(format!("no rack for host {i}")))
             })
             .collect::<Result<_>>()?;
         let state = LabState {
@@ -607,7 +609,12 @@ impl Lab {
                 .await
                 .map_err(LabError::store(format!("deleting {key}")))?;
         }
-        let pods: Vec<String> = self.host_state(host)?.pods.iter().map(|p| p.namespace.clone()).collect();
+        let pods: Vec<String> = self
+            .host_state(host)?
+            .pods
+            .iter()
+            .map(|p| p.namespace.clone())
+            .collect();
         for ns in &pods {
             kill_namespace_processes(ns)?;
         }

@@ -113,7 +113,11 @@ impl Lab {
         for a in hosts {
             for p in &a.pods {
                 for b in hosts.iter().filter(|b| b.plan.name != a.plan.name) {
-                    let targets = if total <= FULL_POD_MATRIX { &b.pods[..] } else { &b.pods[..b.pods.len().min(1)] };
+                    let targets = if total <= FULL_POD_MATRIX {
+                        &b.pods[..]
+                    } else {
+                        &b.pods[..b.pods.len().min(1)]
+                    };
                     for q in targets {
                         v.push(probe(ProbeKind::PodToPod, p, short_pod_name(&self.state.name, q), q.ip));
                     }

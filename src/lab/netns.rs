@@ -213,7 +213,11 @@ pub fn outside_script() -> String {
 
 /// Creates `NAME-outside` beyond the router (the router must exist); returns its address.
 pub fn create_outside(lab: &str) -> Result<std::net::Ipv4Addr> {
-    let (ns, port, net) = (topology::outside_ns(lab), topology::outside_port(lab), topology::outside_subnet());
+    let (ns, port, net) = (
+        topology::outside_ns(lab),
+        topology::outside_port(lab),
+        topology::outside_subnet(),
+    );
     add_namespaces(std::slice::from_ref(&ns))?;
     let router = format!(
         "link add {port} type veth peer name eth0 netns {ns}\naddr add {}/{} dev {port}\nlink set {port} up\n",
@@ -273,7 +277,10 @@ mod tests {
              addr add 198.51.100.1/24 dev weft-r2\n\
              link set weft-h3 master weft-r2\nlink set weft-h3 up\n"
         );
-        assert_eq!(host_script(&hosts[1]).lines().nth(1), Some("addr add 192.0.2.11/24 dev eth0"));
+        assert_eq!(
+            host_script(&hosts[1]).lines().nth(1),
+            Some("addr add 192.0.2.11/24 dev eth0")
+        );
     }
 
     #[test]

@@ -75,7 +75,11 @@ pub fn result_ip(result: &Value) -> Option<Ipv4Addr> {
 /// namespace; returns the pod's address.
 pub fn add(lab: &str, cni: &Path, host: &HostPlan, host_dir: &Path, pod_ns: &str) -> Result<Ipv4Addr> {
     let conf = netconf(lab, host_dir).to_string();
-    let command = format!("ip netns exec {} {} (CNI_COMMAND=ADD, pod {pod_ns})", host.namespace, cni.display());
+    let command = format!(
+        "ip netns exec {} {} (CNI_COMMAND=ADD, pod {pod_ns})",
+        host.namespace,
+        cni.display()
+    );
     let mut child = Command::new("ip")
         .args(["netns", "exec", &host.namespace])
         .arg(cni)
@@ -107,9 +111,14 @@ pub fn add(lab: &str, cni: &Path, host: &HostPlan, host_dir: &Path, pod_ns: &str
     };
     if !out.status.success() {
         // CNI errors are JSON on stdout.
-        return Err(fail(format!("{} {}", stdout.trim(), String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(fail(format!(
+            "{} {}",
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
-    let result: Value = serde_json::from_str(&stdout).map_err(|e| fail(format!("result is not JSON ({e}): {stdout}")))?;
+    let result: Value =
+        serde_json::from_str(&stdout).map_err(|e| fail(format!("result is not JSON ({e}): {stdout}")))?;
     result_ip(&result).ok_or_else(|| fail(format!("no IPv4 address in the result: {stdout}")))
 }
 

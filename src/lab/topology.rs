@@ -246,7 +246,10 @@ mod tests {
         assert_eq!((h2.rack, h2.slot), (1, 1));
         assert_eq!(h2.underlay_ip, Ipv4Addr::new(192, 0, 2, 11));
         assert_eq!(h2.router_ip, Ipv4Addr::new(192, 0, 2, 1));
-        assert_eq!(host_plan_sized("weft", 3, 2).unwrap().rack_subnet, net("198.51.100.0/24"));
+        assert_eq!(
+            host_plan_sized("weft", 3, 2).unwrap().rack_subnet,
+            net("198.51.100.0/24")
+        );
         assert_eq!(host_plan_sized("weft", 1, 0), None);
         assert_eq!(host_plan_sized("weft", 4, 1), host_plan("weft", 4));
     }
