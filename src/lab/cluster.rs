@@ -564,8 +564,9 @@ impl Lab {
         self.state.save(&self.dir)
     }
 
-    /// Adds one host in a new rack; with agents, starts its agent and (if the lab waits) measures
-    /// the time until every other host reaches it.
+    /// Adds one host (in the last rack if racks hold several hosts and it has room, else in a new
+    /// one); with agents, starts its agent, (if the lab waits) measures the time until every other
+    /// host reaches it, and gives it as many pods as the other hosts.
     pub async fn add_host(&mut self) -> Result<AddedHost> {
         let index = self.state.next_index;
         let plan = topology::host_plan_sized(&self.state.name, index, self.state.rack_size).ok_or_else(|| {
@@ -851,8 +852,9 @@ fn is_lab_agent(pid: u32, store_url: &str) -> bool {
 }
 
 /// Removes everything lab `name` made, whether or not `up` finished: kills every process in its
-/// namespaces, deletes the namespaces (those in `lab.json` and any `NAME-router`/`NAME-hN` left
-/// by a crash), removes the state directory. Returns the namespaces deleted. Idempotent.
+/// namespaces, deletes the namespaces (those in `lab.json` and any `NAME-router`, `NAME-outside`,
+/// `NAME-hN` or pod `NAME-hN-pM` left by a crash), removes the state directory (pods' CNI and
+/// IPAM files included). Returns the namespaces deleted. Idempotent.
 pub fn down(name: &str) -> Result<Vec<String>> {
     require_root()?;
     validate_name(name)?;
@@ -938,5 +940,31 @@ impl Drop for LabGuard {
                 eprintln!("weft lab: tearing down lab {:?} failed: {e}", lab.state.name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_routing_is_merged_into_the_backend() {
+        let v: serde_json::Value = serde_json::from_str(&with_direct_routing(DEFAULT_NETWORK_CONFIG).unwrap()).unwrap();
+        assert_eq!(v["Backend"]["DirectRouting"], true);
+        assert_eq!(v["Backend"]["Type"], "vxlan");
+        assert_eq!(v["Network"], "10.0.0.0/16");
+        let v: serde_json::Value =
+            serde_json::from_str(&with_direct_routing(r#"{"Network":"10.0.0.0/16"}"#).unwrap()).unwrap();
+        assert_eq!(v["Backend"]["DirectRouting"], true);
+        assert!(with_direct_routing("[1]").is_err());
+        assert!(with_direct_routing(r#"{"Backend":3}"#).is_err());
+    }
+
+    #[test]
+    fn masquerade_follows_pods_unless_set() {
+        assert!(!LabOptions::new("w", 2).masquerades());
+        assert!(LabOptions::new("w", 2).pods(1).masquerades());
+        assert!(!LabOptions::new("w", 2).pods(1).ip_masq(false).masquerades());
+        assert!(LabOptions::new("w", 2).ip_masq(true).masquerades());
     }
 }
