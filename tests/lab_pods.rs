@@ -238,8 +238,12 @@ async fn nft_table_deleted_or_flushed_by_hand_is_repaired_and_strangers_vxlan_is
     })
     .join()
     .unwrap();
-    let counter = sh(&lab, "h1", &["nft", "list", "counter", "ip", "weft", "vxlan_dropped"]);
-    assert!(counter.contains("packets 5 "), "{counter}");
+    let counter = || sh(&lab, "h1", &["nft", "list", "counter", "ip", "weft", "vxlan_dropped"]);
+    assert!(
+        wait_for(Duration::from_secs(2), || counter().contains("packets 5 ")),
+        "{}",
+        counter()
+    );
     assert!(
         wait_for(Duration::from_secs(5), || {
             http_get(lab.namespace("h1").unwrap(), "/metrics")
