@@ -32,8 +32,8 @@ use tracing::{error, info, warn};
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// `--store`, e.g. `sqlite:/var/lib/weft/store.db`.
-    pub store: String,
+    /// `--store sqlite:PATH`, or etcd from the `--etcd-*` flags.
+    pub store: store::StoreConfig,
     /// `--etcd-prefix`: where the network lives in the store.
     pub prefix: String,
     pub iface: IfaceOptions,

@@ -54,7 +54,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
             };
             let cfg = NetworkConfig::parse(&text)?;
             let keys = NetworkKeys::new(&store.etcd_prefix);
-            let s = store::open(&store.store)?;
+            let s = store::open(&store.config())?;
             s.put(&keys.config(), text.trim()).await?;
             println!(
                 "wrote {}: network {}, subnets /{} from {} to {} ({} hosts), VNI {}",
@@ -72,7 +72,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
             cmd: ConfigCommand::Show { store },
         } => {
             let keys = NetworkKeys::new(&store.etcd_prefix);
-            let s = store::open(&store.store)?;
+            let s = store::open(&store.config())?;
             match s.get(&keys.config()).await? {
                 Some(e) => {
                     println!("{}", e.value);
@@ -86,7 +86,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
         }
         NetCommand::Leases { store } => {
             let keys = NetworkKeys::new(&store.etcd_prefix);
-            let s = store::open(&store.store)?;
+            let s = store::open(&store.config())?;
             let listing = s.list(&keys.subnets()).await?;
             println!(
                 "{:<18} {:<16} {:<18} {:>10}  STATE",

@@ -355,8 +355,8 @@ impl Lab {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }
-        let s =
-            store::open(&self.state.store_url).map_err(LabError::store(format!("opening {}", self.state.store_url)))?;
+        let s = store::open_url(&self.state.store_url)
+            .map_err(LabError::store(format!("opening {}", self.state.store_url)))?;
         Ok(self.store.get_or_init(|| s).clone())
     }
 
