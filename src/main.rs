@@ -17,7 +17,7 @@ enum Command {
     Agent(Box<cli::agent::AgentArgs>),
     /// Administer networks and leases in the store.
     #[command(subcommand)]
-    Net(cli::net::NetCommand),
+    Net(Box<cli::net::NetCommand>),
     /// Build a many-host overlay out of network namespaces on this machine.
     #[command(subcommand)]
     Lab(cli::lab::LabCommand),
@@ -37,7 +37,7 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Agent(args) => cli::agent::run(*args).await,
-            Command::Net(cmd) => cli::net::run(cmd).await,
+            Command::Net(cmd) => cli::net::run(*cmd).await,
             Command::Lab(cmd) => cli::lab::run(cmd).await,
         }
     })
