@@ -39,6 +39,8 @@ pub struct EtcdStore {
     endpoints: Vec<String>,
     options: etcd_client::ConnectOptions,
     client: OnceCell<Client>,
+    /// Whether we speak TLS (for clearer errors when the server hangs up on us).
+    tls: bool,
     /// Expiry of the leases this client granted or kept alive.
     expiries: Expiries,
 }
@@ -51,6 +53,7 @@ impl EtcdStore {
             endpoints: cfg.client_endpoints()?,
             options: cfg.connect_options()?,
             client: OnceCell::new(),
+            tls: cfg.tls_wanted(),
             expiries: Expiries::default(),
         })
     }
@@ -72,7 +75,7 @@ impl EtcdStore {
     }
 
     fn err(&self, what: &str, e: &etcd_client::Error) -> StoreError {
-        errors::store_error(&self.name, what, e)
+        errors::store_error(&self.name, what, e, self.tls)
     }
 
     /// Runs one call with the operation timeout, mapping its error with `what` as context.
@@ -268,6 +271,6 @@ impl Store for EtcdStore {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {
         let client = self.client().await?;
-        watch::start(client, &self.name, prefix, after, self.expiries.clone()).await
+        watch::start(client, &self.name, self.tls, prefix, after, self.expiries.clone()).await
     }
 }

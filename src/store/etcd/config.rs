@@ -53,7 +53,7 @@ impl EtcdConfig {
         format!("etcd:{}", self.endpoints.join(","))
     }
 
-    fn tls_wanted(&self) -> bool {
+    pub(super) fn tls_wanted(&self) -> bool {
         self.cafile.is_some()
             || self.certfile.is_some()
             || self.keyfile.is_some()

@@ -5,8 +5,10 @@ use crate::store::StoreError;
 use std::error::Error as _;
 use tonic::Code;
 
-/// What went wrong, for the one message an operator reads.
-pub(super) fn store_error(store: &str, what: &str, e: &etcd_client::Error) -> StoreError {
+/// What went wrong, for the one message an operator reads. `tls`: whether we speak TLS — with
+/// TLS 1.3 a server that refuses our client certificate (or its absence) just closes the
+/// connection after the handshake, and the client sees nothing more telling than that.
+pub(super) fn store_error(store: &str, what: &str, e: &etcd_client::Error, tls: bool) -> StoreError {
     let cause = chain(e);
     let lower = cause.to_ascii_lowercase();
     let unavailable = |message: String| StoreError::Unavailable {
@@ -20,9 +22,21 @@ pub(super) fn store_error(store: &str, what: &str, e: &etcd_client::Error) -> St
     if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
         return unavailable(format!("{what}: TLS failed: {cause}"));
     }
+    if tls && lower.contains("connection closed") {
+        return unavailable(format!(
+            "{what}: TLS failed: the server closed the connection after the handshake, which is how \
+             etcd refuses a missing or untrusted client certificate (check --etcd-certfile, \
+             --etcd-keyfile and the server's --trusted-ca-file): {cause}"
+        ));
+    }
     if lower.contains("authentication failed") || lower.contains("invalid auth token") {
         return backend(format!(
             "{what}: authentication failed (check --etcd-username/--etcd-password): {cause}"
+        ));
+    }
+    if lower.contains("user name is empty") {
+        return backend(format!(
+            "{what}: etcd requires authentication (give --etcd-username/--etcd-password): {cause}"
         ));
     }
     match e {

@@ -18,6 +18,7 @@ const WATCH_BUFFER: usize = 256;
 pub(super) async fn start(
     mut client: Client,
     store: &str,
+    tls: bool,
     prefix: &str,
     after: Revision,
     expiries: Expiries,
@@ -26,11 +27,18 @@ pub(super) async fn start(
     let opts = WatchOptions::new().with_prefix().with_start_revision(after + 1);
     let stream = match tokio::time::timeout(OP_TIMEOUT, client.watch(prefix, Some(opts))).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(errors::store_error(store, &what, &e)),
+        Ok(Err(e)) => return Err(errors::store_error(store, &what, &e, tls)),
         Err(_) => return Err(errors::timed_out(store, &what, OP_TIMEOUT)),
     };
     let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-    tokio::spawn(forward(stream, tx, store.to_string(), prefix.to_string(), expiries));
+    tokio::spawn(forward(
+        stream,
+        tx,
+        store.to_string(),
+        tls,
+        prefix.to_string(),
+        expiries,
+    ));
     Ok(rx)
 }
 
@@ -38,6 +46,7 @@ async fn forward(
     mut stream: WatchStream,
     tx: mpsc::Sender<WatchEvent>,
     store: String,
+    tls: bool,
     prefix: String,
     expiries: Expiries,
 ) {
@@ -53,7 +62,7 @@ async fn forward(
                 return;
             }
             Err(e) => {
-                let e = errors::store_error(&store, &format!("watch {prefix:?}"), &e);
+                let e = errors::store_error(&store, &format!("watch {prefix:?}"), &e, tls);
                 warn!(error = %e, "etcd watch broke");
                 return;
             }
