@@ -8,6 +8,8 @@
 //!
 //! - [`topology`]: the addressing plan (pure).
 //! - [`netns`]: namespaces and veths, through the `ip` command.
+//! - [`etcd`]: etcd members in the router namespace (`--store etcd`); [`nsstore`]: the lab's
+//!   own handle on that store, connecting from inside the namespace.
 //! - [`state`]: the state directory and `lab.json`, so `status`/`down` work from another process
 //!   and after a crash.
 //! - [`agent`]: starting and stopping agent processes.
@@ -17,14 +19,16 @@
 pub mod agent;
 pub mod check;
 pub mod cluster;
+pub mod etcd;
 pub mod netns;
+pub mod nsstore;
 pub mod probe;
 pub mod state;
 pub mod topology;
 
 pub use agent::AgentSpec;
 pub use check::CheckReport;
-pub use cluster::{down, AddedHost, HostStatus, Lab, LabGuard, LabOptions};
+pub use cluster::{down, AddedHost, HostStatus, Lab, LabGuard, LabOptions, LabStore};
 pub use probe::{PingStats, Pinger};
 
 use std::path::PathBuf;

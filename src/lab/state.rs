@@ -36,6 +36,9 @@ pub struct LabState {
     /// and rack are never confused with a new one's.
     pub next_index: u32,
     pub hosts: Vec<HostState>,
+    /// etcd members in the router namespace; empty when the store is the SQLite file.
+    #[serde(default)]
+    pub etcd: Vec<super::etcd::EtcdMember>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +140,7 @@ mod tests {
                     agent_pid: None,
                 },
             ],
+            etcd: Vec::new(),
         };
         state.save(dir.path()).unwrap();
         let back = LabState::load(dir.path()).unwrap();
