@@ -92,10 +92,30 @@ impl EtcdStore {
         }
     }
 
+    /// Like `call`, for reads and blind writes that are safe to repeat: a transient failure (the
+    /// member we hit died, a leader election) is retried a few times within the operation
+    /// timeout, through whichever member answers, before the store counts as unreachable.
+    async fn call_idempotent<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.call(what, &f).await {
+                Err(StoreError::Unavailable { .. }) if tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn get_kv(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let k = key.to_string();
         let mut resp = self
-            .call(&format!("get {key:?}"), |mut c| async move { c.get(k, None).await })
+            .call_idempotent(&format!("get {key:?}"), |mut c| async move { c.get(key, None).await })
             .await?;
         Ok(resp.take_kvs().into_iter().next())
     }
@@ -137,10 +157,9 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        let p = prefix.to_string();
         let mut resp = self
-            .call(&format!("list {prefix:?}"), |mut c| async move {
-                c.get(p, Some(GetOptions::new().with_prefix())).await
+            .call_idempotent(&format!("list {prefix:?}"), |mut c| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
             })
             .await?;
         let rev = revision(resp.header());
@@ -155,9 +174,11 @@ impl Store for EtcdStore {
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<Revision, StoreError> {
-        let (k, v) = (key.to_string(), value.to_string());
         let resp = self
-            .call(&format!("put {key:?}"), |mut c| async move { c.put(k, v, None).await })
+            .call_idempotent(
+                &format!("put {key:?}"),
+                |mut c| async move { c.put(key, value, None).await },
+            )
             .await?;
         Ok(revision(resp.header()))
     }
