@@ -313,3 +313,77 @@ async fn unreachable_etcd_is_reported_and_survived() {
     }
     assert!(ok, "the same store works again once etcd is back");
 }
+
+/// `weft net config set|show` and `weft net leases` against etcd, selected by the environment
+/// (`WEFT_ETCD_ENDPOINTS`) as by the flag.
+#[tokio::test]
+async fn net_commands_work_against_etcd() {
+    let etcd = Etcd::start();
+    let weft = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(common::weft_bin())
+            .args(args)
+            .env("WEFT_ETCD_ENDPOINTS", &etcd.endpoint)
+            .env("RUST_BACKTRACE", "0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let out = weft(&["net", "config", "set", "-"], Some(CONFIG));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        etcd.ctl_ok(&["get", "--print-value-only", "/coreos.com/network/config"])
+            .trim(),
+        CONFIG
+    );
+    let out = weft(&["net", "config", "show"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), CONFIG);
+
+    let s = open(&etcd);
+    acquire(
+        s.as_ref(),
+        "192.0.2.10",
+        "c6:a0:2e:40:c0:2c",
+        Duration::from_secs(600),
+        Some("10.0.37.0/24"),
+    )
+    .await;
+    let out = weft(&["net", "leases"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("10.0.37.0/24"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.contains("192.0.2.10") && row.contains("c6:a0:2e:40:c0:2c") && row.ends_with("ok"),
+        "{row}"
+    );
+    assert!(row.contains("9m") || row.contains("10m"), "expiry shown: {row}");
+
+    // A wrong password: one line naming the endpoint and the cause, never the password.
+    let out = std::process::Command::new(common::weft_bin())
+        .args([
+            "net",
+            "leases",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--etcd-username",
+            "root",
+        ])
+        .env("WEFT_ETCD_PASSWORD", "hunter2-secret")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("hunter2-secret"), "{err}");
+    eprintln!("auth against an etcd without auth: {err}");
+}

@@ -48,6 +48,17 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// The store these flags name, listing leases with their expiry (for admin commands).
+    pub fn config_with_expiries(&self) -> StoreConfig {
+        match self.config() {
+            StoreConfig::Etcd(c) => StoreConfig::Etcd(EtcdConfig {
+                list_expiries: true,
+                ..c
+            }),
+            other => other,
+        }
+    }
+
     /// The store these flags name.
     pub fn config(&self) -> StoreConfig {
         match &self.etcd_endpoints {
@@ -58,6 +69,7 @@ impl StoreArgs {
                 keyfile: self.etcd_keyfile.clone(),
                 username: self.etcd_username.clone(),
                 password: self.etcd_password.clone(),
+                list_expiries: false,
             }),
             None => self.store.clone(),
         }

@@ -86,7 +86,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
         }
         NetCommand::Leases { store } => {
             let keys = NetworkKeys::new(&store.etcd_prefix);
-            let s = store::open(&store.config())?;
+            let s = store::open(&store.config_with_expiries())?;
             let listing = s.list(&keys.subnets()).await?;
             println!(
                 "{:<18} {:<16} {:<18} {:>10}  STATE",

@@ -8,9 +8,11 @@
 //!   (also a lease written by a previous agent process or by flannel) and rewrites the value only
 //!   if it changed, so renewals never pile up leases (flannel's defect). See `leases.rs`.
 //! - `delete` also revokes the key's lease when no other key is attached to it.
-//! - `Entry::expires_at`: known exactly for leases this client granted or kept alive; `list` and
-//!   `get` ask etcd (`LeaseTimeToLive`, one call per distinct lease, concurrently) for the others;
-//!   watch events carry it only for leases this client keeps (the agent tracks only its own).
+//! - `Entry::expires_at`: known exactly for leases this client granted or kept alive (the agent
+//!   tracks only its own). For other keys' leases `get` asks etcd (`LeaseTimeToLive`), `list`
+//!   does so only with `EtcdConfig::list_expiries` (one call per distinct lease, concurrently:
+//!   fine for `weft net leases`, too much for agents and the lab, which list often), and watch
+//!   events leave it `None`.
 //! - watch: an etcd watch; a compacted start revision yields `WatchEvent::Resync`, any stream
 //!   error or end closes the channel (the agent re-lists and re-watches with backoff).
 //!
@@ -43,6 +45,7 @@ pub struct EtcdStore {
     tls: bool,
     /// Expiry of the leases this client granted or kept alive.
     expiries: Expiries,
+    list_expiries: bool,
 }
 
 impl EtcdStore {
@@ -55,6 +58,7 @@ impl EtcdStore {
             client: OnceCell::new(),
             tls: cfg.tls_wanted(),
             expiries: Expiries::default(),
+            list_expiries: cfg.list_expiries,
         })
     }
 
@@ -164,8 +168,12 @@ impl Store for EtcdStore {
             .await?;
         let rev = revision(resp.header());
         let kvs = resp.take_kvs();
-        let leases: Vec<i64> = kvs.iter().map(|kv| kv.lease()).collect();
-        let exp = self.expiries_of(&leases).await?;
+        let exp = if self.list_expiries {
+            let leases: Vec<i64> = kvs.iter().map(|kv| kv.lease()).collect();
+            self.expiries_of(&leases).await?
+        } else {
+            self.expiries.known()
+        };
         let entries = kvs
             .iter()
             .map(|kv| self.entry(kv, exp.get(&kv.lease()).copied()))

@@ -24,6 +24,9 @@ pub struct EtcdConfig {
     pub keyfile: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Whether `list` asks etcd when every listed lease expires (one call per lease). Off for the
+    /// agent, which tracks only its own lease's expiry and lists often; on for `weft net leases`.
+    pub list_expiries: bool,
 }
 
 impl fmt::Debug for EtcdConfig {
@@ -35,6 +38,7 @@ impl fmt::Debug for EtcdConfig {
             .field("keyfile", &self.keyfile)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("list_expiries", &self.list_expiries)
             .finish()
     }
 }

@@ -34,6 +34,11 @@ impl Expiries {
         self.map().get(&lease).copied()
     }
 
+    /// Every lease we know the expiry of.
+    pub(super) fn known(&self) -> HashMap<i64, SystemTime> {
+        self.map().clone()
+    }
+
     fn set(&self, lease: i64, at: SystemTime) {
         self.map().insert(lease, at);
     }
