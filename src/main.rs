@@ -17,7 +17,7 @@ enum Command {
     Agent(Box<cli::agent::AgentArgs>),
     /// Administer networks and leases in the store.
     #[command(subcommand)]
-    Net(cli::net::NetCommand),
+    Net(Box<cli::net::NetCommand>),
     /// Show this host's overlay state (from the agent, or from the store and kernel).
     Status(cli::status::StatusArgs),
     /// Build a many-host overlay out of network namespaces on this machine.
@@ -49,7 +49,7 @@ fn run() -> Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Agent(args) => cli::agent::run(*args).await,
-            Command::Net(cmd) => cli::net::run(cmd).await,
+            Command::Net(cmd) => cli::net::run(*cmd).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Lab(cmd) => cli::lab::run(cmd).await,
         }

@@ -742,7 +742,7 @@ fn net_config_validate_uses_the_agents_messages() {
 async fn net_leases_and_lease_release() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("store.db").display());
-    let store = weft::store::open(&url).unwrap();
+    let store = weft::store::open_url(&url).unwrap();
     let prefix = weft::network::DEFAULT_PREFIX;
     store
         .put(

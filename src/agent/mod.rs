@@ -41,8 +41,8 @@ use tracing::{error, info, warn};
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// `--store`, e.g. `sqlite:/var/lib/weft/store.db`.
-    pub store: String,
+    /// `--store sqlite:PATH`, or etcd from the `--etcd-*` flags.
+    pub store: store::StoreConfig,
     /// `--etcd-prefix`: where the network lives in the store.
     pub prefix: String,
     pub iface: IfaceOptions,
@@ -382,7 +382,11 @@ impl Agent {
         let (ok, error, operations) = match result {
             Ok(Some(ops)) => {
                 if ops > 0 {
-                    let peers = self.peer_status.iter().filter(|p| p.state == status::PeerState::Programmed).count();
+                    let peers = self
+                        .peer_status
+                        .iter()
+                        .filter(|p| p.state == status::PeerState::Programmed)
+                        .count();
                     info!(operations = ops, peers, duration_ms = seconds * 1000.0, "reconciled");
                 }
                 self.converged_once = true;

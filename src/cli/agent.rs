@@ -121,7 +121,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         anyhow::bail!("--resync-interval must be greater than zero");
     }
     let opts = AgentOptions {
-        store: args.store.store.clone(),
+        store: args.store.config(),
         prefix: args.store.etcd_prefix.clone(),
         iface: IfaceOptions {
             ifaces: args.iface,

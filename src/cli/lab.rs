@@ -1,6 +1,6 @@
 //! `weft lab`: build, inspect and tear down a many-host overlay made of network namespaces.
 
-use crate::lab::{self, AgentSpec, Lab, LabOptions};
+use crate::lab::{self, AgentSpec, Lab, LabOptions, LabStore};
 use anyhow::{bail, Context, Result};
 use std::time::Duration;
 
@@ -24,6 +24,13 @@ pub enum LabCommand {
         /// Build the namespaces only: no store, no agents.
         #[arg(long)]
         no_agents: bool,
+        /// The store the agents share: the embedded SQLite file, or etcd started inside the lab
+        /// (in the router namespace, on underlay addresses 192.0.2.2, .3, …).
+        #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+        store: StoreKind,
+        /// Number of etcd members with `--store etcd`: 1, or 3 for a cluster that survives losing one.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+        etcd_members: u32,
         /// Give up waiting for the overlay after this long (default: 30s + 1s per host).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
@@ -73,6 +80,12 @@ pub enum LabCommand {
     },
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Etcd,
+}
+
 impl LabCommand {
     fn name(&self) -> &str {
         match self {
@@ -97,6 +110,8 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
             network_config,
             agent_args,
             no_agents,
+            store,
+            etcd_members,
             timeout,
             pods,
             rack_size,
@@ -115,6 +130,10 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
                 },
                 agents: !no_agents,
                 wait: (!no_agents).then(|| timeout.unwrap_or(Duration::from_secs(30 + u64::from(nodes)))),
+                store: match store {
+                    StoreKind::Sqlite => LabStore::Sqlite,
+                    StoreKind::Etcd => LabStore::Etcd { members: etcd_members },
+                },
                 ..LabOptions::new(&name, nodes)
             };
             let started = std::time::Instant::now();

@@ -6,19 +6,90 @@ pub mod lab;
 pub mod net;
 pub mod status;
 
+use crate::store::etcd::{split_endpoints, EtcdConfig};
+use crate::store::StoreConfig;
 use anyhow::{Context, Result};
+use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
-/// Where the network lives: shared by every command that talks to the store.
-#[derive(clap::Args, Debug, Clone)]
+/// Where the network lives: shared by every command that talks to the store. The etcd flags are
+/// flannel's; `--etcd-endpoints` selects etcd, otherwise `--store` is used.
+#[derive(clap::Args, Clone)]
 pub struct StoreArgs {
     /// The store: `sqlite:PATH` (an embedded store file shared by the agents of one machine).
-    #[arg(long, env = "WEFT_STORE", default_value = "sqlite:/var/lib/weft/store.db")]
-    pub store: String,
+    #[arg(long, env = "WEFT_STORE", default_value = "sqlite:/var/lib/weft/store.db", value_parser = parse_store)]
+    pub store: StoreConfig,
 
     /// Key prefix of the network in the store (flannel's `--etcd-prefix`).
     #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = crate::network::DEFAULT_PREFIX)]
     pub etcd_prefix: String,
+
+    /// etcd endpoints, comma-separated (`http://192.0.2.2:2379,…`); selects the etcd store.
+    #[arg(long, env = "WEFT_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+
+    /// CA certificate (PEM) that signed the etcd servers' certificates.
+    #[arg(long, env = "WEFT_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// Client certificate (PEM) for etcd's client-cert-auth.
+    #[arg(long, env = "WEFT_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// Key (PEM) of the client certificate.
+    #[arg(long, env = "WEFT_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// etcd user name.
+    #[arg(long, env = "WEFT_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+
+    /// etcd password (prefer the environment variable: command lines are visible to every user).
+    #[arg(long, env = "WEFT_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+}
+
+impl StoreArgs {
+    /// The store these flags name, listing leases with their expiry (for admin commands).
+    pub fn config_with_expiries(&self) -> StoreConfig {
+        match self.config() {
+            StoreConfig::Etcd(c) => StoreConfig::Etcd(EtcdConfig {
+                list_expiries: true,
+                ..c
+            }),
+            other => other,
+        }
+    }
+
+    /// The store these flags name.
+    pub fn config(&self) -> StoreConfig {
+        match &self.etcd_endpoints {
+            Some(list) => StoreConfig::Etcd(EtcdConfig {
+                endpoints: split_endpoints(list),
+                cafile: self.etcd_cafile.clone(),
+                certfile: self.etcd_certfile.clone(),
+                keyfile: self.etcd_keyfile.clone(),
+                username: self.etcd_username.clone(),
+                password: self.etcd_password.clone(),
+                list_expiries: false,
+            }),
+            None => self.store.clone(),
+        }
+    }
+}
+
+/// Hand-written so the password never reaches a log or error message.
+impl std::fmt::Debug for StoreArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreArgs")
+            .field("store", &self.config())
+            .field("etcd_prefix", &self.etcd_prefix)
+            .finish()
+    }
+}
+
+fn parse_store(s: &str) -> Result<StoreConfig, String> {
+    StoreConfig::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]

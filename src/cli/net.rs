@@ -74,7 +74,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
             let text = read_input(&file)?;
             let cfg = NetworkConfig::parse(&text)?;
             let keys = NetworkKeys::new(&store.etcd_prefix);
-            let s = store::open(&store.store)?;
+            let s = store::open(&store.config())?;
             s.put(&keys.config(), text.trim()).await?;
             println!("wrote {}: {}", keys.config(), summary(&cfg));
             Ok(())
@@ -83,7 +83,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
             cmd: ConfigCommand::Show { store },
         } => {
             let keys = NetworkKeys::new(&store.etcd_prefix);
-            let s = store::open(&store.store)?;
+            let s = store::open(&store.config())?;
             match s.get(&keys.config()).await? {
                 Some(e) => {
                     println!("{}", e.value);
@@ -101,7 +101,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
         } => {
             let keys = NetworkKeys::new(&store.etcd_prefix);
             let key = crate::lease::lease_key(&keys.prefix, subnet.trunc());
-            let s = store::open(&store.store)?;
+            let s = store::open(&store.config())?;
             let Some(entry) = s.get(&key).await? else {
                 anyhow::bail!("no lease for {subnet} in {} (key {key})", s.describe());
             };
@@ -118,7 +118,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
 
 async fn leases(store: &StoreArgs) -> Result<()> {
     let keys = NetworkKeys::new(&store.etcd_prefix);
-    let s = store::open(&store.store)?;
+    let s = store::open(&store.config_with_expiries())?;
     let cfg = match s.get(&keys.config()).await? {
         Some(e) => NetworkConfig::parse(&e.value).ok(),
         None => None,

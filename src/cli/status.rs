@@ -53,7 +53,7 @@ pub async fn run(args: StatusArgs) -> Result<()> {
 /// The status as far as the store and this host's kernel tell, without the agent.
 async fn offline(args: &StoreArgs) -> Result<Status> {
     let keys = NetworkKeys::new(&args.etcd_prefix);
-    let s = store::open(&args.store)?;
+    let s = store::open(&args.config())?;
     let mut st = Status {
         store: StoreStatus {
             describe: s.describe(),

@@ -1,7 +1,8 @@
 //! Starting and stopping the per-host agent processes.
 //!
 //! The agent's command line is its interface, fixed:
-//! `ip netns exec NS WEFT agent --store URL --iface eth0 --subnet-file FILE [extra args]`, output
+//! `ip netns exec NS WEFT agent --store URL --iface eth0 --subnet-file FILE [extra args]` (with
+//! `--etcd-endpoints LIST` in place of `--store` when the lab runs etcd), output
 //! appended to the host's `agent.log`. `ip netns exec` execs the agent in place, so the pid we
 //! spawn is the agent's own. Each agent gets its own process group so a Ctrl-C on `lab up` does
 //! not take the lab down with it, and it outlives `lab up`.
@@ -76,7 +77,12 @@ pub fn command_line(l: &Launch) -> Vec<String> {
         l.namespace.into(),
         l.bin.display().to_string(),
     ];
-    v.extend(["agent", "--store", l.store_url, "--iface", "eth0", "--subnet-file"].map(String::from));
+    v.push("agent".into());
+    match l.store_url.strip_prefix("etcd:") {
+        Some(endpoints) => v.extend(["--etcd-endpoints".into(), endpoints.to_string()]),
+        None => v.extend(["--store".into(), l.store_url.to_string()]),
+    }
+    v.extend(["--iface", "eth0", "--subnet-file"].map(String::from));
     v.push(l.subnet_file.display().to_string());
     // Each host namespace has its own loopback, so every agent can use the same address.
     v.extend(["--healthz-addr", crate::agent::status::DEFAULT_HTTP_ADDR].map(String::from));

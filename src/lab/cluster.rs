@@ -3,6 +3,8 @@
 
 use super::agent::{self, AgentSpec, Launch};
 use super::check::{Cell, CheckReport, PodProbe};
+use super::etcd::{self as lab_etcd, EtcdMember};
+use super::nsstore::InNamespace;
 use super::state::{self, HostState, LabState};
 use super::topology::{self, HostPlan};
 use super::{netns, probe, require_root, validate_name, LabError, Result};
@@ -66,6 +68,18 @@ pub struct LabOptions {
     pub direct_routing: bool,
     /// Agents run with `--ip-masq`; `None`: on exactly when the lab has pods.
     pub ip_masq: Option<bool>,
+    /// The store the agents share.
+    pub store: LabStore,
+}
+
+/// Which store the lab's agents share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LabStore {
+    /// The embedded SQLite file in the state directory.
+    #[default]
+    Sqlite,
+    /// etcd `members` (1 or 3) in the router namespace, on underlay addresses.
+    Etcd { members: u32 },
 }
 
 impl Default for LabOptions {
@@ -84,6 +98,7 @@ impl Default for LabOptions {
             rack_size: 1,
             direct_routing: false,
             ip_masq: None,
+            store: LabStore::Sqlite,
         }
     }
 }
@@ -133,6 +148,11 @@ impl LabOptions {
 
     pub fn wait(mut self, wait: Option<Duration>) -> Self {
         self.wait = wait;
+        self
+    }
+
+    pub fn store(mut self, store: LabStore) -> Self {
+        self.store = store;
         self
     }
 
@@ -207,6 +227,8 @@ pub struct Lab {
     per_host: BTreeMap<String, AgentSpec>,
     /// Agents this process started; kept so they can be reaped (no zombies in tests).
     children: HashMap<String, Child>,
+    /// etcd members this process started, by index; kept to be reaped.
+    etcd_children: HashMap<u32, Child>,
     started_at: HashMap<String, Instant>,
     store: OnceLock<Arc<dyn Store>>,
     config_written: bool,
@@ -268,6 +290,16 @@ impl Lab {
             });
         }
 
+        let members = match opts.store {
+            LabStore::Sqlite => Vec::new(),
+            LabStore::Etcd { members: n @ 1..=5 } if opts.agents => lab_etcd::plan(n),
+            LabStore::Etcd { members: 1..=5 } => Vec::new(),
+            LabStore::Etcd { members } => {
+                return Err(invalid(format!(
+                    "--etcd-members must be 1 to 5 (1 or 3 make sense), not {members}"
+                )))
+            }
+        };
         let plans: Vec<HostPlan> = (1..=opts.nodes)
             .map(|i| {
                 topology::host_plan_sized(&name, i, opts.rack_size)
@@ -276,7 +308,11 @@ impl Lab {
             .collect::<Result<_>>()?;
         let state = LabState {
             name: name.clone(),
-            store_url: state::store_url(&dir),
+            store_url: if members.is_empty() {
+                state::store_url(&dir)
+            } else {
+                lab_etcd::store_url(&members)
+            },
             prefix: opts.prefix.clone(),
             network_config,
             agents: opts.agents,
@@ -287,6 +323,7 @@ impl Lab {
             ip_masq,
             outside: None,
             hosts: plans.iter().map(|p| HostState::new(p.clone(), ip_masq)).collect(),
+            etcd: members,
         };
         for p in &plans {
             let d = state::host_dir(&dir, &p.name);
@@ -301,6 +338,7 @@ impl Lab {
             weft_bin: opts.weft_bin.clone(),
             per_host: opts.per_host.clone(),
             children: HashMap::new(),
+            etcd_children: HashMap::new(),
             started_at: HashMap::new(),
             store: OnceLock::new(),
             config_written: false,
@@ -309,6 +347,9 @@ impl Lab {
         });
         netns::create_router(&name)?;
         netns::create_hosts(&name, &plans, opts.rack_size > 1)?;
+        if !lab.state.etcd.is_empty() {
+            lab.start_etcd_cluster()?;
+        }
         if opts.pods > 0 {
             lab.create_outside()?;
         }
@@ -348,6 +389,7 @@ impl Lab {
             weft_bin: None,
             per_host: BTreeMap::new(),
             children: HashMap::new(),
+            etcd_children: HashMap::new(),
             started_at: HashMap::new(),
             store: OnceLock::new(),
             wait: Some(Duration::from_secs(60)),
@@ -428,9 +470,84 @@ impl Lab {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }
-        let s =
-            store::open(&self.state.store_url).map_err(LabError::store(format!("opening {}", self.state.store_url)))?;
+        let url = self.state.store_url.clone();
+        let context = format!("opening {url}");
+        let s: Arc<dyn Store> = if self.state.etcd.is_empty() {
+            store::open_url(&url).map_err(LabError::store(context))?
+        } else {
+            // etcd listens on underlay addresses, reachable from the lab's namespaces only.
+            let ns = topology::router_ns(&self.state.name);
+            Arc::new(InNamespace::new(&ns, || store::open_url(&url)).map_err(LabError::store(context))?)
+        };
         Ok(self.store.get_or_init(|| s).clone())
+    }
+
+    /// The etcd members (empty with the SQLite store).
+    pub fn etcd_members(&self) -> &[EtcdMember] {
+        &self.state.etcd
+    }
+
+    /// Starts every etcd member (bootstrapping the cluster) and waits until all answer.
+    fn start_etcd_cluster(&mut self) -> Result<()> {
+        lab_etcd::add_addresses(&self.state.name, &self.state.etcd)?;
+        let indexes: Vec<u32> = self.state.etcd.iter().map(|m| m.index).collect();
+        for i in indexes {
+            self.spawn_etcd(i)?;
+        }
+        self.state.save(&self.dir)?;
+        lab_etcd::wait_ready(&self.state.name, &self.dir, &self.state.etcd)
+    }
+
+    fn spawn_etcd(&mut self, index: u32) -> Result<u32> {
+        let all = self.state.etcd.clone();
+        let m = self.etcd_member(index)?.clone();
+        let child = lab_etcd::spawn(&self.state.name, &self.dir, &m, &all)?;
+        let pid = child.id();
+        if let Some(mut old) = self.etcd_children.insert(index, child) {
+            let _ = old.try_wait();
+        }
+        if let Some(m) = self.state.etcd.iter_mut().find(|m| m.index == index) {
+            m.pid = Some(pid);
+        }
+        Ok(pid)
+    }
+
+    fn etcd_member(&self, index: u32) -> Result<&EtcdMember> {
+        self.state
+            .etcd
+            .iter()
+            .find(|m| m.index == index)
+            .ok_or_else(|| LabError::Invalid {
+                lab: self.state.name.clone(),
+                reason: format!("no etcd member {index}"),
+            })
+    }
+
+    /// Stops etcd member `index` with `sig` (SIGKILL: a crash) and waits until it is gone.
+    pub fn stop_etcd(&mut self, index: u32, sig: Signal) -> Result<()> {
+        let Some(pid) = self.etcd_member(index)?.pid else {
+            return Ok(());
+        };
+        agent::stop(pid, self.etcd_children.get_mut(&index), sig, STOP_GRACE)?;
+        self.etcd_children.remove(&index);
+        if let Some(m) = self.state.etcd.iter_mut().find(|m| m.index == index) {
+            m.pid = None;
+        }
+        self.state.save(&self.dir)
+    }
+
+    /// Starts a stopped etcd member again on its data and waits until it answers.
+    pub fn start_etcd(&mut self, index: u32) -> Result<()> {
+        self.spawn_etcd(index)?;
+        self.state.save(&self.dir)?;
+        let m = self.etcd_member(index)?.clone();
+        lab_etcd::wait_ready(&self.state.name, &self.dir, std::slice::from_ref(&m))
+    }
+
+    /// Runs `etcdctl ARGS` (v3 API) in the router namespace against every member; its output.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<Output> {
+        let eps: Vec<String> = self.state.etcd.iter().map(EtcdMember::client_url).collect();
+        lab_etcd::etcdctl(&self.state.name, &eps.join(","), args)
     }
 
     /// Writes the network config at `<prefix>/config` (idempotent).
@@ -810,7 +927,8 @@ impl Lab {
 
     fn down_inner(&mut self) -> Result<Vec<String>> {
         let result = down(&self.state.name);
-        for (_, mut child) in self.children.drain() {
+        let etcd = self.etcd_children.drain().map(|(i, c)| (i.to_string(), c));
+        for (_, mut child) in self.children.drain().chain(etcd) {
             let pid = child.id();
             agent::wait_exit(pid, Some(&mut child), Duration::from_secs(5));
         }
@@ -843,11 +961,16 @@ fn kill_namespace_processes(ns: &str) -> Result<usize> {
     Ok(pids.len())
 }
 
-/// True if `pid` runs an agent of the lab whose store URL is `store_url` (its command line names
-/// that store): how `down` recognises an agent whose namespace is already gone.
-fn is_lab_agent(pid: u32, store_url: &str) -> bool {
+/// True if `pid` runs an agent of the lab whose store URL is `store_url` or whose files are in
+/// `dir` (its command line names them): how `down` recognises an agent whose namespace is already
+/// gone. (etcd labs all use the same endpoints, so their agents are known by their subnet file.)
+fn is_lab_agent(pid: u32, store_url: &str, dir: &Path) -> bool {
+    let dir = dir.as_os_str().as_encoded_bytes();
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|b| *b == 0).any(|arg| arg == store_url.as_bytes()))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .any(|arg| arg == store_url.as_bytes() || arg.starts_with(dir))
+        })
         .unwrap_or(false)
 }
 
@@ -877,7 +1000,7 @@ pub fn down(name: &str) -> Result<Vec<String>> {
     // Agents whose namespace was deleted already (an interrupted `down`, `ip netns del` by hand).
     if let Some(s) = &recorded {
         for pid in s.hosts.iter().filter_map(|h| h.agent_pid) {
-            if agent::alive(pid) && is_lab_agent(pid, &s.store_url) {
+            if agent::alive(pid) && is_lab_agent(pid, &s.store_url, &dir) {
                 agent::signal(pid, Signal::SIGKILL)?;
             }
         }

@@ -8,6 +8,8 @@
 //!
 //! - [`topology`]: the addressing plan (pure).
 //! - [`netns`]: namespaces and veths, through the `ip` command.
+//! - [`etcd`]: etcd members in the router namespace (`--store etcd`); [`nsstore`]: the lab's
+//!   own handle on that store, connecting from inside the namespace.
 //! - [`state`]: the state directory and `lab.json`, so `status`/`down` work from another process
 //!   and after a crash.
 //! - [`agent`]: starting and stopping agent processes.
@@ -20,7 +22,9 @@ pub mod agent;
 pub mod check;
 pub mod cluster;
 mod cluster_pods;
+pub mod etcd;
 pub mod netns;
+pub mod nsstore;
 pub mod pods;
 pub mod probe;
 pub mod state;
@@ -28,7 +32,7 @@ pub mod topology;
 
 pub use agent::AgentSpec;
 pub use check::{CheckReport, PodProbe, ProbeKind};
-pub use cluster::{down, AddedHost, HostStatus, Lab, LabGuard, LabOptions};
+pub use cluster::{down, AddedHost, HostStatus, Lab, LabGuard, LabOptions, LabStore};
 pub use pods::PodInfo;
 pub use probe::{PingStats, Pinger};
 

@@ -50,6 +50,9 @@ pub struct LabState {
     #[serde(default)]
     pub outside: Option<Ipv4Addr>,
     pub hosts: Vec<HostState>,
+    /// etcd members in the router namespace; empty when the store is the SQLite file.
+    #[serde(default)]
+    pub etcd: Vec<super::etcd::EtcdMember>,
 }
 
 fn one() -> u32 {
@@ -177,6 +180,7 @@ mod tests {
                 },
                 HostState::new(host_plan("weft", 2).unwrap(), false),
             ],
+            etcd: Vec::new(),
         };
         state.save(dir.path()).unwrap();
         let back = LabState::load(dir.path()).unwrap();

@@ -1,11 +1,12 @@
 //! The key-value store behind the subnet manager.
 //!
-//! Every backend (embedded SQLite here, etcd v3 later) offers the same small contract, modelled on
+//! Every backend (embedded SQLite, etcd v3) offers the same small contract, modelled on
 //! etcd's: keys holding JSON text, a store-wide revision that grows with every change, per-key
 //! expiry, compare-and-create, and a watch that streams changes after a revision. Everything weft
 //! stores (network config, leases) is built on top of this trait, so the agent never knows which
 //! backend it talks to.
 
+pub mod etcd;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -54,7 +55,7 @@ pub enum StoreError {
     Backend { store: String, message: String },
     #[error("store {store} is unreachable: {message}")]
     Unavailable { store: String, message: String },
-    #[error("invalid store address {0:?}: expected sqlite:PATH")]
+    #[error("invalid store address {0:?}: expected sqlite:PATH or etcd:ENDPOINT[,ENDPOINT…]")]
     BadUrl(String),
 }
 
@@ -93,12 +94,46 @@ pub trait Store: Send + Sync + 'static {
     async fn watch(&self, prefix: &str, after: Revision) -> Result<mpsc::Receiver<WatchEvent>, StoreError>;
 }
 
-/// Opens the store named by a `--store` value: `sqlite:PATH`.
-pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    match url.split_once(':') {
-        Some(("sqlite", path)) if !path.is_empty() => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
-        _ => Err(StoreError::BadUrl(url.to_string())),
+/// Which store to open: `--store sqlite:PATH`, or etcd when `--etcd-endpoints` is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Sqlite(String),
+    Etcd(etcd::EtcdConfig),
+}
+
+impl StoreConfig {
+    /// Parses a store address: `sqlite:PATH`, or `etcd:ENDPOINT[,ENDPOINT…]` (plain etcd, no TLS
+    /// or credentials: those come from the `--etcd-*` flags).
+    pub fn parse(url: &str) -> Result<StoreConfig, StoreError> {
+        match url.split_once(':') {
+            Some(("sqlite", path)) if !path.is_empty() => Ok(StoreConfig::Sqlite(path.to_string())),
+            Some(("etcd", list)) if !etcd::split_endpoints(list).is_empty() => {
+                Ok(StoreConfig::Etcd(etcd::EtcdConfig::from_endpoints(list)))
+            }
+            _ => Err(StoreError::BadUrl(url.to_string())),
+        }
     }
+
+    /// How logs name the store (never with credentials).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreConfig::Sqlite(path) => format!("sqlite:{path}"),
+            StoreConfig::Etcd(c) => c.describe(),
+        }
+    }
+}
+
+/// Opens a store. etcd connects on first use, so this fails only on a bad config.
+pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    match cfg {
+        StoreConfig::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
+        StoreConfig::Etcd(c) => Ok(Arc::new(etcd::EtcdStore::open(c)?)),
+    }
+}
+
+/// Opens the store named by an address (see [`StoreConfig::parse`]).
+pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open(&StoreConfig::parse(url)?)
 }
 
 /// Time left before `entry` expires (zero if already past), `None` if it never expires.

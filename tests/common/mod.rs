@@ -1,6 +1,7 @@
 //! Helpers shared by the lab-based integration tests.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod kernel;
 
 use std::path::PathBuf;
