@@ -129,6 +129,20 @@ struct Agent {
     offload_done_for: Option<u32>,
 }
 
+/// A lease entry as the agent keeps it: a value too large to be a lease (refused as `too_large`
+/// anyway) is cut to just over the limit, so a hostile entry costs at most that much memory.
+fn bounded(mut e: Entry) -> Entry {
+    let limit = crate::lease::MAX_LEASE_VALUE_BYTES + 1;
+    if e.value.len() > limit {
+        let cut = (limit..=e.value.len())
+            .find(|&i| e.value.is_char_boundary(i))
+            .unwrap_or(e.value.len());
+        e.value.truncate(cut);
+        e.value.shrink_to_fit();
+    }
+    e
+}
+
 impl Agent {
     fn new(opts: AgentOptions, store: Arc<dyn Store>, kernel: Kernel, shared: Arc<Shared>) -> Agent {
         let keys = NetworkKeys::new(&opts.prefix);
@@ -277,7 +291,7 @@ impl Agent {
             if e.key == config_key {
                 config_text = Some(e.value);
             } else if e.key.starts_with(&subnets) {
-                self.leases.insert(e.key.clone(), e);
+                self.leases.insert(e.key.clone(), bounded(e));
             }
         }
         if config_text != self.config_text {
@@ -317,7 +331,7 @@ impl Agent {
                         self.lose_lease("our lease was overwritten by someone else");
                     }
                 }
-                self.leases.insert(e.key.clone(), e);
+                self.leases.insert(e.key.clone(), bounded(e));
             }
             WatchEvent::Delete { key, .. } if key.starts_with(&self.keys.subnets()) => {
                 if self.own.as_ref().is_some_and(|o| o.key == key) {
