@@ -176,7 +176,7 @@ fn overlapping_keys_of_other_lengths_are_refused_and_the_lease_they_overlap_kept
         ("10.0.48.0-25", 0),
         ("10.0.48.128-25", 9),
         ("10.0.0.0-16", 0),
-        ("10.0.37.0-23", 0), // over our own
+        ("10.0.36.0-23", 0), // over our own
         ("10.0.36.0-22", 9),
         ("10.0.0.0-8", 0),
     ] {
