@@ -174,7 +174,7 @@ impl Lease {
 }
 
 /// At most 128 characters of a hostile string, for errors and logs.
-fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     const MAX: usize = 128;
     match s.char_indices().nth(MAX) {
         Some((i, _)) => format!("{}…", &s[..i]),

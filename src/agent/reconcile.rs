@@ -74,7 +74,8 @@ impl Agent {
             let rev = self.leases.get(&r.key).map(|e| e.mod_revision).unwrap_or_default();
             if self.logged_rejections.insert((r.key.clone(), rev)) {
                 self.shared.metrics.rejected(r.rejection.reason());
-                warn!(key = %r.key, reason = r.rejection.reason(), "refusing lease: {}", r.rejection);
+                // The key is the store's, not ours: quoted and cut short, so it cannot forge log lines.
+                warn!(key = ?crate::lease::shown(&r.key), reason = r.rejection.reason(), "refusing lease: {}", r.rejection);
             }
         }
     }
