@@ -92,6 +92,8 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
 /// How often the agent checks that the store still answers, for `/healthz`.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// At most this long is spent taking in a burst of store events before reconciling.
+const STORM_DRAIN: Duration = Duration::from_millis(100);
 
 struct Agent {
     opts: AgentOptions,
@@ -228,6 +230,7 @@ impl Agent {
                     _ = &mut shutdown => return self.stopped(),
                     ev = watch.recv() => {
                         let mut next = ev;
+                        let drain_until = Instant::now() + STORM_DRAIN;
                         loop {
                             match next {
                                 None => {
@@ -243,10 +246,19 @@ impl Agent {
                                     self.apply_event(ev);
                                 }
                             }
-                            match watch.try_recv() {
-                                Ok(ev) => next = Some(ev),
+                            next = match watch.try_recv() {
+                                Ok(ev) => Some(ev),
+                                // The store's watch task runs on this thread too: let it refill
+                                // the channel, so a storm is one step, not one per channel-full.
+                                Err(_) if Instant::now() < drain_until => {
+                                    tokio::task::yield_now().await;
+                                    match watch.try_recv() {
+                                        Ok(ev) => Some(ev),
+                                        Err(_) => break,
+                                    }
+                                }
                                 Err(_) => break,
-                            }
+                            };
                         }
                     }
                     ev = events.recv() => {
