@@ -634,3 +634,30 @@ impl Agent {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_lease_value_is_kept_cut_to_just_over_the_limit() {
+        let limit = crate::lease::MAX_LEASE_VALUE_BYTES;
+        let e = Entry {
+            key: "/coreos.com/network/subnets/10.0.5.0-24".into(),
+            value: "é".repeat(1 << 19), // 1 MiB, two bytes a character
+            create_revision: 1,
+            mod_revision: 1,
+            expires_at: None,
+        };
+        let kept = bounded(e.clone());
+        assert!(kept.value.len() > limit && kept.value.len() <= limit + 4);
+        assert!(kept.value.capacity() < 2 * limit);
+        let err = crate::lease::Lease::from_entry(&kept).unwrap_err();
+        assert_eq!(err.reason(), "too_large");
+        let small = Entry {
+            value: "{}".into(),
+            ..e
+        };
+        assert_eq!(bounded(small.clone()), small);
+    }
+}
