@@ -3,7 +3,8 @@
 set -euo pipefail
 
 packages=(iproute2 iputils-ping nftables procps psmisc tcpdump iperf3 protobuf-compiler
-          etcd-server etcd-client containernetworking-plugins build-essential pkg-config ca-certificates)
+          etcd-server etcd-client containernetworking-plugins build-essential pkg-config ca-certificates
+          python3 python3-prometheus-client)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -65,12 +65,40 @@ pub async fn ensure_device(kernel: &Kernel, spec: &VxlanSpec) -> Result<LinkInfo
 }
 
 async fn create(kernel: &Kernel, spec: &VxlanSpec) -> Result<LinkInfo, KernelError> {
-    let link = kernel.create_vxlan(spec).await?;
+    let link = kernel
+        .create_vxlan(spec)
+        .await
+        .map_err(|e| explain_create_error(e, spec))?;
     info!(
         device = %spec.name, vni = spec.vni, local = %spec.local, port = spec.port, mtu = spec.mtu,
         mac = ?link.mac, "kernel: created VXLAN device"
     );
     Ok(link)
+}
+
+/// We only create the device after finding no link of its name, so "File exists" means the
+/// kernel's other uniqueness rule: one VXLAN device per VNI and port. Say so, or the operator is
+/// left looking for a `flannel.1` that is not there (e.g. after it was renamed).
+fn explain_create_error(e: KernelError, spec: &VxlanSpec) -> KernelError {
+    match e {
+        KernelError::Netlink {
+            op,
+            object,
+            message,
+            errno,
+        } if errno == libc::EEXIST => KernelError::Netlink {
+            op,
+            object,
+            message: format!(
+                "{message}: another VXLAN device already uses VNI {} on port {} \
+                 (find it with `ip -d link show type vxlan`)",
+                spec.vni,
+                if spec.port == 0 { 8472 } else { spec.port }
+            ),
+            errno,
+        },
+        e => e,
+    }
 }
 
 /// Gives the device exactly one IPv4 address, `<subnet network address>/32` (flannel's).

@@ -407,6 +407,10 @@ impl Agent {
         let seconds = started.elapsed().as_secs_f64();
         let (ok, error, operations) = match result {
             Ok(Some(ops)) => {
+                if ops > 0 {
+                    let peers = self.peer_status.iter().filter(|p| p.state == status::PeerState::Programmed).count();
+                    info!(operations = ops, peers, duration_ms = seconds * 1000.0, "reconciled");
+                }
                 self.converged_once = true;
                 if self.notes.clear("step") {
                     info!("recovered: the host is converged again");
@@ -490,7 +494,14 @@ impl Agent {
             learning: cfg.backend.learning,
             gbp: cfg.backend.gbp,
         };
-        let link = device::ensure_device(&self.kernel, &spec).await?;
+        let link = match device::ensure_device(&self.kernel, &spec).await {
+            Ok(link) => link,
+            Err(e) => {
+                // Report the device as the kernel has it now, not as it was before this failure.
+                self.device = self.kernel.link_by_name(&spec.name).await.ok().flatten();
+                return Err(e.into());
+            }
+        };
         self.device = Some(link.clone());
         self.ensure_offload(&link).await?;
         let mac = link.mac.ok_or_else(|| AgentError::NoMac(spec.name.clone()))?;

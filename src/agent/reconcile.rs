@@ -10,7 +10,11 @@ use crate::kernel::{Kernel, KernelError, LinkInfo};
 use crate::planner::peers::{select_peers, Host, Peer, Rejected};
 use crate::planner::state::Observed;
 use crate::planner::{peer_entries, plan, Devices, DirectLink, Op};
+use futures::StreamExt;
 use std::collections::HashSet;
+
+/// Netlink requests in flight at once during a reconcile.
+const PIPELINE: usize = 64;
 use tracing::{info, warn};
 
 impl Agent {
@@ -44,16 +48,27 @@ impl Agent {
         let ops = plan(cfg.network, devices, &set.peers, &observed);
         let mut failed: HashSet<Op> = HashSet::new();
         let mut first_error = None;
-        for op in &ops {
-            let (kind, action) = op.labels();
-            let result = execute(&self.kernel, link.index, op).await;
-            self.shared.metrics.kernel_op(kind, action, result.is_ok());
-            match result {
-                Ok(()) => info!(device = %link.name, kind, action, entry = %op, "kernel: {action} {kind}"),
-                Err(e) => {
-                    warn!(device = %link.name, kind, action, entry = %op, error = %e, "kernel operation failed");
-                    failed.insert(*op);
-                    first_error.get_or_insert(e);
+        // The plan comes in phases (remove neighbours, FDB, routes; then add them in the same
+        // order). Within a phase order does not matter, so requests are pipelined: a 10,000-peer
+        // sync is then bounded by the kernel, not by one round trip per entry. The bound keeps
+        // the netlink socket's buffer from overflowing.
+        for phase in ops.chunk_by(|a, b| a.labels() == b.labels()) {
+            let kernel = &self.kernel;
+            let results: Vec<(Op, Result<(), KernelError>)> = futures::stream::iter(phase.iter().copied())
+                .map(|op| async move { (op, execute(kernel, link.index, &op).await) })
+                .buffered(PIPELINE)
+                .collect()
+                .await;
+            for (op, result) in results {
+                let (kind, action) = op.labels();
+                self.shared.metrics.kernel_op(kind, action, result.is_ok());
+                match result {
+                    Ok(()) => info!(device = %link.name, kind, action, entry = %op, "kernel: {action} {kind}"),
+                    Err(e) => {
+                        warn!(device = %link.name, kind, action, entry = %op, error = %e, "kernel operation failed");
+                        failed.insert(op);
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }

@@ -136,16 +136,21 @@ impl Status {
             }
             Some(_) => {}
         }
+        // The last exchange must have succeeded (a success clears `last_error`), and recently: a
+        // store that hangs produces no error at all, only silence.
         let stale_ms = STORE_STALE_AFTER.as_millis() as u64;
-        match self.store.last_ok_ms {
-            Some(t) if now_ms.saturating_sub(t) <= stale_ms => {}
-            _ => fail(
+        match (&self.store.last_error, self.store.last_ok_ms) {
+            (Some(e), _) => fail("store", e.clone()),
+            (None, Some(t)) if now_ms.saturating_sub(t) <= stale_ms => {}
+            (None, Some(_)) => fail(
                 "store",
-                self.store
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| format!("{} has not answered", self.store.describe)),
+                format!(
+                    "{} has not answered for more than {}s",
+                    self.store.describe,
+                    STORE_STALE_AFTER.as_secs()
+                ),
             ),
+            (None, None) => fail("store", format!("{} has not answered yet", self.store.describe)),
         }
         match &self.last_reconcile {
             Some(r) if r.ok => {}
@@ -176,23 +181,37 @@ impl Status {
 /// Where `weft agent --healthz-addr` listens in the lab, and where `weft status` looks first.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9102";
 
-/// Reads `/status` from an agent's HTTP endpoint (blocking, plain HTTP/1.0, short timeouts).
-pub fn fetch(addr: std::net::SocketAddr, timeout: Duration) -> Result<Status, String> {
+/// `GET path` from an agent's HTTP endpoint (blocking, plain HTTP/1.0, short timeouts): the
+/// status code and the body. Deliberately tiny: `weft status` and the tests need nothing more,
+/// and it must work from any thread, including one that entered another network namespace.
+pub fn get(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
-    s.write_all(b"GET /status HTTP/1.0\r\nHost: weft\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: weft\r\n\r\n").as_bytes())
         .map_err(|e| format!("{addr}: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| format!("{addr}: {e}"))?;
-    let (head, json) = body
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| format!("{addr}: {e}"))?;
+    let (head, body) = answer
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("{addr}: malformed HTTP answer"))?;
-    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1).is_none_or(|c| c != "200") {
-        return Err(format!("{addr}: {}", head.lines().next().unwrap_or("no status line")));
+    let code = head
+        .starts_with("HTTP/1.")
+        .then(|| head.split_whitespace().nth(1))
+        .flatten()
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("{addr}: {}", head.lines().next().unwrap_or("no status line")))?;
+    Ok((code, body.to_string()))
+}
+
+/// Reads `/status` from an agent's HTTP endpoint.
+pub fn fetch(addr: std::net::SocketAddr, timeout: Duration) -> Result<Status, String> {
+    let (code, json) = get(addr, "/status", timeout)?;
+    if code != 200 {
+        return Err(format!("{addr}: /status answered {code}"));
     }
-    serde_json::from_str(json).map_err(|e| format!("{addr}: /status is not weft's: {e}"))
+    serde_json::from_str(&json).map_err(|e| format!("{addr}: /status is not weft's: {e}"))
 }
 
 #[cfg(test)]
@@ -264,6 +283,10 @@ mod tests {
         assert_eq!(checks(s), ["lease"]);
         let mut s = healthy(now);
         s.store.last_ok_ms = Some(unix_ms(now) - 60_000);
+        assert_eq!(checks(s), ["store"]);
+        // A recent success does not hide a failure since.
+        let mut s = healthy(now);
+        s.store.last_error = Some("sqlite:x did not answer within 3s".into());
         assert_eq!(checks(s), ["store"]);
         let mut s = healthy(now);
         s.last_reconcile.as_mut().unwrap().ok = false;

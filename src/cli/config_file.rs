@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::Path;
 
-/// Flags that make no sense in the file itself.
-const NOT_IN_FILE: &[&str] = &["config", "print-config", "help", "version"];
+/// Flags that make no sense in the file: the file itself, and one-shot actions (a `cleanup`
+/// left in the file would tear the host's overlay down at every start).
+const NOT_IN_FILE: &[&str] = &["config", "print-config", "help", "version", "cleanup", "release"];
 
 /// Flags whose values are never printed.
 const SECRET: &[&str] = &["etcd-password"];
@@ -38,15 +39,27 @@ pub fn layer(cmd: Command, args: &[OsString], file: Option<&Path>) -> Result<Lay
         .parse()
         .with_context(|| format!("{} is not valid TOML", path.display()))?;
 
-    let ids: BTreeMap<String, String> = cmd
+    // Long name → (id, whether the flag takes a value). A switch (`--ip-masq`) takes none; a
+    // boolean option (`--vxlan-peer-filter true|false`) does: `true`/`false` mean different
+    // command lines for the two.
+    let ids: BTreeMap<String, (String, bool)> = cmd
         .get_arguments()
-        .filter_map(|a| a.get_long().map(|l| (l.to_string(), a.get_id().to_string())))
+        .filter_map(|a| {
+            a.get_long()
+                .map(|l| (l.to_string(), (a.get_id().to_string(), a.get_action().takes_values())))
+        })
         .filter(|(l, _)| !NOT_IN_FILE.contains(&l.as_str()))
         .collect();
     let mut injected: Vec<OsString> = Vec::new();
     let mut from_file = BTreeSet::new();
     for (key, value) in &table {
-        let Some(id) = ids.get(key) else {
+        if NOT_IN_FILE.contains(&key.as_str()) {
+            bail!(
+                "{}: `{key}` cannot be set in a config file; give it on the command line",
+                path.display()
+            );
+        }
+        let Some((id, takes_value)) = ids.get(key) else {
             bail!(
                 "{}: unknown key `{key}` (keys are the agent's flag names, e.g. `subnet-lease-ttl`)",
                 path.display()
@@ -67,6 +80,7 @@ pub fn layer(cmd: Command, args: &[OsString], file: Option<&Path>) -> Result<Lay
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) if *takes_value => b.to_string(),
                 toml::Value::Boolean(true) => {
                     injected.push(format!("--{key}").into());
                     continue;
@@ -113,10 +127,17 @@ pub fn render(cmd: &Command, layered: &Layered) -> String {
             .get_raw(id)
             .map(|vals| vals.map(|v| v.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
+        // Booleans print bare, so that the output, pasted into a config file, means the same.
+        let boolean = !arg.get_action().takes_values()
+            || arg
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name())
+                .eq(["true", "false"]);
         let shown = if SECRET.contains(&long) && !values.is_empty() {
             "\"****\"".to_string()
-        } else if arg.get_num_args().is_some_and(|n| n.max_values() == 0) {
-            (layered.matches.value_source(id).is_some() && source != "default").to_string()
+        } else if boolean && values.len() == 1 {
+            values[0].clone()
         } else if values.len() == 1 && !matches!(arg.get_action(), clap::ArgAction::Append) {
             format!("{:?}", values[0])
         } else if values.is_empty() && source == "unset" {

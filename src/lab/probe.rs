@@ -151,6 +151,33 @@ pub fn reach(ns: &str, dst: Ipv4Addr, timeout: Duration) -> Result<bool> {
     Ok(first[0].is_some())
 }
 
+/// `GET path` from `addr` as seen from inside namespace `ns` (e.g. an agent's `/healthz` on its
+/// host's loopback): the status code and body. `Ok(None)` when nothing answers there (agent
+/// down, not listening yet); other failures are errors. Runs on a thread of its own that enters
+/// the namespace, so the caller's namespace never changes; the socket stays in `ns`.
+pub fn http_get(ns: &str, addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Result<Option<(u16, String)>> {
+    let (ns, path) = (ns.to_string(), path.to_string());
+    let worker = std::thread::spawn(move || -> Result<Option<(u16, String)>> {
+        let netns = format!("/run/netns/{ns}");
+        let handle = std::fs::File::open(&netns).map_err(LabError::io(format!("opening {netns}")))?;
+        setns(&handle, CloneFlags::CLONE_NEWNET).map_err(LabError::sys(format!("entering namespace {ns}")))?;
+        match crate::agent::status::get(addr, &path, timeout) {
+            Ok(answer) => Ok(Some(answer)),
+            Err(e) if e.contains("Connection refused") => Ok(None),
+            Err(e) => Err(LabError::Invalid {
+                lab: ns.clone(),
+                reason: format!("GET {path}: {e}"),
+            }),
+        }
+    });
+    worker.join().unwrap_or_else(|_| {
+        Err(LabError::Invalid {
+            lab: String::new(),
+            reason: "HTTP probe thread panicked".into(),
+        })
+    })
+}
+
 /// Pings every `(source namespace, destination)` pair until each has answered once, or until
 /// `timeout`. An unanswered pair is re-pinged every `interval` (keep it small — ≤ 5 ms — when the
 /// moment of first answer is what is being measured). Returns, per pair and in order, the instant
