@@ -27,9 +27,23 @@ pub enum LabCommand {
         /// Give up waiting for the overlay after this long (default: 30s + 1s per host).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// Pod namespaces per host (NAME-hI-pJ), wired by weft-cni; also makes NAME-outside, a
+        /// namespace beyond the router with no route to the overlay.
+        #[arg(long, default_value_t = 0)]
+        pods: u32,
+        /// Hosts per rack: 2 puts h1 and h2 on one bridged rack subnet (.10, .11), h3 and h4 on
+        /// the next, … (what DirectRouting needs).
+        #[arg(long, default_value_t = 1)]
+        rack_size: u32,
+        /// Set "DirectRouting": true in the network config's Backend.
+        #[arg(long)]
+        direct_routing: bool,
+        /// Run agents with --ip-masq (default: true with --pods, false without).
+        #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+        ip_masq: Option<bool>,
     },
-    /// Add one host, in a new rack, to a running lab; reports how long until every other host
-    /// reaches it.
+    /// Add one host (in a new rack, or the last rack if it has room) to a running lab, with as
+    /// many pods as the others; reports how long until every other host reaches it.
     Add {
         #[arg(long, default_value = "weft")]
         name: String,
@@ -46,7 +60,8 @@ pub enum LabCommand {
         #[arg(long, default_value = "weft")]
         name: String,
     },
-    /// Ping every host from every other over the overlay; exit 0 only if every pair answers.
+    /// Ping every host from every other over the overlay (with pods also pod -> pod across hosts,
+    /// pod -> hosts, pod -> outside); exit 0 only if everything answers.
     Check {
         #[arg(long, default_value = "weft")]
         name: String,
@@ -83,9 +98,17 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
             agent_args,
             no_agents,
             timeout,
+            pods,
+            rack_size,
+            direct_routing,
+            ip_masq,
         } => {
             let opts = LabOptions {
                 network_config,
+                pods,
+                rack_size,
+                direct_routing,
+                ip_masq,
                 agent: AgentSpec {
                     args: agent_args,
                     env: Vec::new(),
@@ -114,6 +137,7 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
                     started.elapsed().as_millis()
                 ),
             }
+            print_pods(&lab);
             println!("state and agent logs: {}", lab.dir().display());
             Ok(())
         }
@@ -143,13 +167,27 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
             println!("removed {host}: agent stopped, lease released, namespace deleted");
             Ok(())
         }
-        LabCommand::Status { name } => print_status(&Lab::open(&name)?).await,
+        LabCommand::Status { name } => {
+            let lab = Lab::open(&name)?;
+            print_status(&lab).await?;
+            print_pods(&lab);
+            Ok(())
+        }
         LabCommand::Check { name } => {
             let lab = Lab::open(&name)?;
             let report = lab.check().await.with_context(|| format!("lab {name}: check"))?;
             print!("{report}");
             if !report.ok() {
-                bail!("lab {name}: {} of the pairs do not answer", report.failures().len());
+                let mut failed: Vec<String> = Vec::new();
+                if !report.failures().is_empty() {
+                    failed.push(format!("{} host pairs", report.failures().len()));
+                }
+                for (kind, answered, total) in report.pod_summary() {
+                    if answered < total {
+                        failed.push(format!("{} {kind}", total - answered));
+                    }
+                }
+                bail!("lab {name}: no answer for {}", failed.join(", "));
             }
             Ok(())
         }
@@ -207,6 +245,20 @@ async fn print_status(lab: &Lab) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One line per host with pods, and where the outside is.
+fn print_pods(lab: &Lab) {
+    for h in lab.hosts().iter().filter(|h| !h.pods.is_empty()) {
+        let pods: Vec<String> = h.pods.iter().map(|p| format!("{} {}", p.namespace, p.ip)).collect();
+        println!("pods on {}: {}", h.plan.name, pods.join(", "));
+    }
+    if let Some(ip) = lab.outside_ip() {
+        println!(
+            "outside: {} {ip} (no route to the overlay: pods reach it only through --ip-masq)",
+            lab.outside_namespace()
+        );
+    }
 }
 
 /// `weft status --json` run inside the host's namespace.

@@ -1,4 +1,5 @@
-//! The result of `lab check`: the full host × host ping matrix over overlay addresses.
+//! The result of `lab check`: the full host × host ping matrix over overlay addresses and, in a
+//! lab with pods, the pod probes (pod → pod across hosts, pod → hosts, pod → outside).
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -21,12 +22,67 @@ pub struct CheckReport {
     pub overlay: Vec<Option<Ipv4Addr>>,
     /// `cells[src][dst]`.
     pub cells: Vec<Vec<Cell>>,
+    /// Pod probes (empty without pods).
+    pub pods: Vec<PodProbe>,
+}
+
+/// What a pod probe proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProbeKind {
+    /// A pod reaches a pod on another host (through the overlay, or a direct route).
+    PodToPod,
+    /// A pod reaches a host's overlay address (its own host's and every other's).
+    PodToHost,
+    /// A pod reaches `NAME-outside`, which has no route to the overlay: only masquerade helps.
+    PodToOutside,
+}
+
+impl fmt::Display for ProbeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProbeKind::PodToPod => "pod -> pod",
+            ProbeKind::PodToHost => "pod -> host",
+            ProbeKind::PodToOutside => "pod -> outside",
+        })
+    }
+}
+
+/// One echo from a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodProbe {
+    pub kind: ProbeKind,
+    /// The pod's namespace.
+    pub from: String,
+    /// What was probed, in words (`h2-p1`, `h3`, `outside`).
+    pub to: String,
+    pub ip: Ipv4Addr,
+    pub answered: bool,
 }
 
 impl CheckReport {
-    /// True if every pair answered.
+    /// True if every pair and every pod probe answered.
     pub fn ok(&self) -> bool {
-        self.failures().is_empty()
+        self.failures().is_empty() && self.pods.iter().all(|p| p.answered)
+    }
+
+    /// The pod probes of one kind that got no answer.
+    pub fn pod_failures(&self, kind: ProbeKind) -> Vec<&PodProbe> {
+        self.pods.iter().filter(|p| p.kind == kind && !p.answered).collect()
+    }
+
+    /// `(kind, answered, probed)` per kind present.
+    pub fn pod_summary(&self) -> Vec<(ProbeKind, usize, usize)> {
+        let mut kinds: Vec<ProbeKind> = self.pods.iter().map(|p| p.kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+            .into_iter()
+            .map(|k| {
+                let of_kind = self.pods.iter().filter(|p| p.kind == k);
+                let total = of_kind.clone().count();
+                (k, of_kind.filter(|p| p.answered).count(), total)
+            })
+            .collect()
     }
 
     /// `(src, dst, why)` for every pair that did not answer.
@@ -69,6 +125,24 @@ impl fmt::Display for CheckReport {
                 writeln!(f)?;
             }
         }
+        self.fmt_hosts(f)?;
+        for (kind, answered, total) in self.pod_summary() {
+            if answered == total {
+                writeln!(f, "{kind}: all {total} answer")?;
+            } else {
+                writeln!(f, "{kind}: {} of {total} fail:", total - answered)?;
+                for p in self.pod_failures(kind).iter().take(20) {
+                    writeln!(f, "  {} -> {} ({}): no answer", p.from, p.to, p.ip)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CheckReport {
+    /// The host matrix's summary line and failures.
+    fn fmt_hosts(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let failures = self.failures();
         let pairs = self.hosts.len() * self.hosts.len().saturating_sub(1);
         if failures.is_empty() {
@@ -100,11 +174,37 @@ mod tests {
             hosts: vec!["h1".into(), "h2".into()],
             overlay: vec![Some(Ipv4Addr::new(10, 0, 1, 0)), None],
             cells: vec![vec![Cell::Own, Cell::NoLease], vec![Cell::Unanswered, Cell::Own]],
+            pods: Vec::new(),
         };
         assert!(!r.ok());
         let text = r.to_string();
         assert!(text.contains("2 of 2 pairs fail"), "{text}");
         assert!(text.contains("h2 -> h1 (10.0.1.0): no answer"), "{text}");
         assert!(text.contains("h1 -> h2: h2 has no lease"), "{text}");
+    }
+
+    #[test]
+    fn reports_pod_failures_by_kind() {
+        let probe = |kind, to: &str, answered| PodProbe {
+            kind,
+            from: "w-h1-p1".into(),
+            to: to.into(),
+            ip: Ipv4Addr::new(198, 19, 255, 10),
+            answered,
+        };
+        let r = CheckReport {
+            hosts: vec!["h1".into()],
+            overlay: vec![Some(Ipv4Addr::new(10, 0, 1, 0))],
+            cells: vec![vec![Cell::Own]],
+            pods: vec![
+                probe(ProbeKind::PodToPod, "h2-p1", true),
+                probe(ProbeKind::PodToOutside, "outside", false),
+            ],
+        };
+        assert!(!r.ok());
+        let text = r.to_string();
+        assert!(text.contains("pod -> pod: all 1 answer"), "{text}");
+        assert!(text.contains("pod -> outside: 1 of 1 fail"), "{text}");
+        assert!(text.contains("w-h1-p1 -> outside (198.19.255.10): no answer"), "{text}");
     }
 }

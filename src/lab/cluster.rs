@@ -2,7 +2,7 @@
 //! tears the lab down when dropped (also while a test panics).
 
 use super::agent::{self, AgentSpec, Launch};
-use super::check::{Cell, CheckReport};
+use super::check::{Cell, CheckReport, PodProbe};
 use super::state::{self, HostState, LabState};
 use super::topology::{self, HostPlan};
 use super::{netns, probe, require_root, validate_name, LabError, Result};
@@ -31,8 +31,8 @@ const MAX_PROBES_PER_SEC: usize = 50_000;
 /// How often the store is read while waiting for leases to appear.
 const LEASE_POLL: Duration = Duration::from_millis(5);
 /// `check`: each pair is re-probed every 100 ms for at most a second.
-const CHECK_INTERVAL: Duration = Duration::from_millis(100);
-const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+pub(super) const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a stopped agent gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -56,6 +56,16 @@ pub struct LabOptions {
     /// Wait (at most this long) until every host reaches every other over the overlay;
     /// `None`: return once agents are started. Also bounds the wait in [`Lab::add_host`].
     pub wait: Option<Duration>,
+    /// Pod namespaces per host, wired by `weft-cni` once the host's agent wrote `subnet.env`.
+    /// With pods the lab also makes `NAME-outside`. Needs agents.
+    pub pods: u32,
+    /// Hosts per rack: 1 (default) gives every host a rack of its own; N > 1 puts hosts 1…N in
+    /// rack 1 behind one bridge, N+1…2N in rack 2, …
+    pub rack_size: u32,
+    /// Writes `"DirectRouting": true` into the network config's `Backend`.
+    pub direct_routing: bool,
+    /// Agents run with `--ip-masq`; `None`: on exactly when the lab has pods.
+    pub ip_masq: Option<bool>,
 }
 
 impl Default for LabOptions {
@@ -70,6 +80,10 @@ impl Default for LabOptions {
             per_host: BTreeMap::new(),
             weft_bin: None,
             wait: Some(Duration::from_secs(60)),
+            pods: 0,
+            rack_size: 1,
+            direct_routing: false,
+            ip_masq: None,
         }
     }
 }
@@ -121,6 +135,47 @@ impl LabOptions {
         self.wait = wait;
         self
     }
+
+    pub fn pods(mut self, per_host: u32) -> Self {
+        self.pods = per_host;
+        self
+    }
+
+    pub fn rack_size(mut self, hosts: u32) -> Self {
+        self.rack_size = hosts;
+        self
+    }
+
+    pub fn direct_routing(mut self, on: bool) -> Self {
+        self.direct_routing = on;
+        self
+    }
+
+    pub fn ip_masq(mut self, on: bool) -> Self {
+        self.ip_masq = Some(on);
+        self
+    }
+
+    /// Whether agents run with `--ip-masq`.
+    pub fn masquerades(&self) -> bool {
+        self.ip_masq.unwrap_or(self.pods > 0)
+    }
+}
+
+/// `json` with `Backend.DirectRouting` set to true.
+fn with_direct_routing(json: &str) -> std::result::Result<String, String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("network config is not JSON: {e}"))?;
+    let backend = v
+        .as_object_mut()
+        .ok_or("network config is not a JSON object")?
+        .entry("Backend")
+        .or_insert_with(|| serde_json::json!({"Type": "vxlan"}));
+    backend
+        .as_object_mut()
+        .ok_or("network config's Backend is not an object")?
+        .insert("DirectRouting".into(), true.into());
+    Ok(v.to_string())
 }
 
 /// One host as `status` shows it.
@@ -146,9 +201,9 @@ pub struct AddedHost {
 
 /// A lab: its recorded state plus what this process holds (agent children, store handle).
 pub struct Lab {
-    state: LabState,
-    dir: PathBuf,
-    weft_bin: Option<PathBuf>,
+    pub(super) state: LabState,
+    pub(super) dir: PathBuf,
+    pub(super) weft_bin: Option<PathBuf>,
     per_host: BTreeMap<String, AgentSpec>,
     /// Agents this process started; kept so they can be reaped (no zombies in tests).
     children: HashMap<String, Child>,
@@ -171,19 +226,30 @@ impl Lab {
             lab: name.clone(),
             reason,
         };
-        if opts.nodes == 0 || opts.nodes > topology::MAX_RACKS {
+        if opts.rack_size == 0 || opts.rack_size > topology::MAX_SLOTS {
             return Err(invalid(format!(
-                "--nodes must be 1 to {}, not {}",
-                topology::MAX_RACKS,
-                opts.nodes
+                "--rack-size must be 1 to {}, not {}",
+                topology::MAX_SLOTS,
+                opts.rack_size
             )));
         }
-        let network_config = opts
+        let max_nodes = topology::MAX_HOST_RACKS * opts.rack_size;
+        if opts.nodes == 0 || opts.nodes > max_nodes {
+            return Err(invalid(format!("--nodes must be 1 to {max_nodes}, not {}", opts.nodes)));
+        }
+        if opts.pods > 0 && !opts.agents {
+            return Err(invalid("pods need agents (their subnet.env)".into()));
+        }
+        let mut network_config = opts
             .network_config
             .clone()
             .unwrap_or_else(|| DEFAULT_NETWORK_CONFIG.to_string());
         serde_json::from_str::<serde_json::Value>(&network_config)
             .map_err(|e| invalid(format!("network config is not JSON: {e}")))?;
+        if opts.direct_routing {
+            network_config = with_direct_routing(&network_config).map_err(invalid)?;
+        }
+        let ip_masq = opts.masquerades();
 
         let dir = state::lab_dir(&name);
         if dir.exists() {
@@ -203,7 +269,10 @@ impl Lab {
         }
 
         let plans: Vec<HostPlan> = (1..=opts.nodes)
-            .map(|i| topology::host_plan(&name, i).ok_or_else(|| invalid(format!("no rack for host {i}"))))
+            .map(|i| {
+                topology::host_plan_sized(&name, i, opts.rack_size)
+                    .ok_or_else(|| invalid(format!("no rack for host {i}")))
+            })
             .collect::<Result<_>>()?;
         let state = LabState {
             name: name.clone(),
@@ -213,13 +282,11 @@ impl Lab {
             agents: opts.agents,
             agent: opts.agent.clone(),
             next_index: opts.nodes + 1,
-            hosts: plans
-                .iter()
-                .map(|p| HostState {
-                    plan: p.clone(),
-                    agent_pid: None,
-                })
-                .collect(),
+            rack_size: opts.rack_size,
+            pods_per_host: opts.pods,
+            ip_masq,
+            outside: None,
+            hosts: plans.iter().map(|p| HostState::new(p.clone(), ip_masq)).collect(),
         };
         for p in &plans {
             let d = state::host_dir(&dir, &p.name);
@@ -241,7 +308,10 @@ impl Lab {
             converged_in: None,
         });
         netns::create_router(&name)?;
-        netns::create_hosts(&name, &plans)?;
+        netns::create_hosts(&name, &plans, opts.rack_size > 1)?;
+        if opts.pods > 0 {
+            lab.create_outside()?;
+        }
         if opts.agents {
             lab.write_network_config().await?;
             let t0 = Instant::now();
@@ -253,6 +323,9 @@ impl Lab {
                 let pairs = lab.pairs(&all, &all);
                 let took = lab.wait_pairs(t0, pairs, timeout).await?;
                 lab.converged_in = Some(took);
+            }
+            for p in &plans {
+                lab.add_pods(&p.name, opts.pods).await?;
             }
         }
         Ok(lab)
@@ -321,7 +394,7 @@ impl Lab {
         self.host_state(host).map(|h| &h.plan)
     }
 
-    fn host_state(&self, host: &str) -> Result<&HostState> {
+    pub(super) fn host_state(&self, host: &str) -> Result<&HostState> {
         self.state.host(host).ok_or_else(|| LabError::NoSuchHost {
             lab: self.state.name.clone(),
             host: host.to_string(),
@@ -429,6 +502,10 @@ impl Lab {
             .agent
             .merged(self.per_host.get(host).unwrap_or(&AgentSpec::default()))
             .merged(extra);
+        let mut spec = spec;
+        if self.host_state(host)?.ip_masq {
+            spec.args.push("--ip-masq".into());
+        }
         let bin = agent::weft_bin(self.weft_bin.as_deref())?;
         let (subnet_file, log) = (self.subnet_file(host), self.agent_log(host));
         let launch = Launch {
@@ -487,23 +564,23 @@ impl Lab {
         self.state.save(&self.dir)
     }
 
-    /// Adds one host in a new rack; with agents, starts its agent and (if the lab waits) measures
-    /// the time until every other host reaches it.
+    /// Adds one host (in the last rack if racks hold several hosts and it has room, else in a new
+    /// one); with agents, starts its agent, (if the lab waits) measures the time until every other
+    /// host reaches it, and gives it as many pods as the other hosts.
     pub async fn add_host(&mut self) -> Result<AddedHost> {
         let index = self.state.next_index;
-        let plan = topology::host_plan(&self.state.name, index).ok_or_else(|| LabError::Invalid {
-            lab: self.state.name.clone(),
-            reason: format!("no rack left for host {index} (at most {})", topology::MAX_RACKS),
+        let plan = topology::host_plan_sized(&self.state.name, index, self.state.rack_size).ok_or_else(|| {
+            LabError::Invalid {
+                lab: self.state.name.clone(),
+                reason: format!("no rack left for host {index} (at most {})", topology::MAX_HOST_RACKS),
+            }
         })?;
         let d = state::host_dir(&self.dir, &plan.name);
         std::fs::create_dir_all(&d).map_err(LabError::io(format!("creating {}", d.display())))?;
         self.state.next_index += 1;
-        self.state.hosts.push(HostState {
-            plan: plan.clone(),
-            agent_pid: None,
-        });
+        self.state.hosts.push(HostState::new(plan.clone(), self.state.ip_masq));
         self.state.save(&self.dir)?;
-        netns::create_hosts(&self.state.name, std::slice::from_ref(&plan))?;
+        netns::create_hosts(&self.state.name, std::slice::from_ref(&plan), self.state.rack_size > 1)?;
         let mut added = AddedHost {
             name: plan.name.clone(),
             reachable_after: None,
@@ -516,6 +593,7 @@ impl Lab {
                 let pairs = self.pairs(&others, std::slice::from_ref(&plan.name));
                 added.reachable_after = Some(self.wait_pairs(t0, pairs, timeout).await?);
             }
+            self.add_pods(&plan.name, self.state.pods_per_host).await?;
         }
         Ok(added)
     }
@@ -532,6 +610,16 @@ impl Lab {
                 .await
                 .map_err(LabError::store(format!("deleting {key}")))?;
         }
+        let pods: Vec<String> = self
+            .host_state(host)?
+            .pods
+            .iter()
+            .map(|p| p.namespace.clone())
+            .collect();
+        for ns in &pods {
+            kill_namespace_processes(ns)?;
+        }
+        netns::delete_namespaces(&pods)?;
         kill_namespace_processes(&plan.namespace)?;
         // The kernel destroys a deleted namespace (and its veth) asynchronously, sometimes
         // hundreds of ms later: cut the host off the router first so it is gone at once.
@@ -561,7 +649,9 @@ impl Lab {
             .collect())
     }
 
-    /// The full ping matrix over overlay addresses (each pair probed for up to a second).
+    /// The full ping matrix over overlay addresses (each pair probed for up to a second); with
+    /// pods also pod → pod across hosts, pod → every host's overlay address, pod → outside. All
+    /// probes run at once, so the whole check takes about a second even when some fail.
     pub async fn check(&self) -> Result<CheckReport> {
         let leases = self.leases().await?;
         let hosts = self.host_names();
@@ -575,7 +665,19 @@ impl Lab {
                 pairs.push((a.plan.namespace.clone(), *ip));
             }
         }
-        let answered = blocking(move || probe::wait_all(&pairs, CHECK_INTERVAL, CHECK_TIMEOUT)).await?;
+        let host_pairs = pairs.len();
+        let pod_probes = self.pod_probes(&leases);
+        pairs.extend(pod_probes.iter().map(|p| (p.from.clone(), p.ip)));
+        let mut answered = blocking(move || probe::wait_all(&pairs, CHECK_INTERVAL, CHECK_TIMEOUT)).await?;
+        let pod_answers = answered.split_off(host_pairs);
+        let pods = pod_probes
+            .into_iter()
+            .zip(pod_answers)
+            .map(|(p, a)| PodProbe {
+                answered: a.is_some(),
+                ..p
+            })
+            .collect();
         let n = overlay.iter().flatten().count();
         let mut cells = Vec::new();
         for (i, _) in hosts.iter().enumerate() {
@@ -594,7 +696,12 @@ impl Lab {
             }
             cells.push(row);
         }
-        Ok(CheckReport { hosts, overlay, cells })
+        Ok(CheckReport {
+            hosts,
+            overlay,
+            cells,
+            pods,
+        })
     }
 
     /// Waits (at most `timeout`) until every host reaches every other over the overlay; returns
@@ -712,7 +819,7 @@ impl Lab {
 }
 
 /// Runs blocking probe work off the async runtime's worker threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| LabError::Io {
         context: "probe task".into(),
         source: std::io::Error::other(e.to_string()),
@@ -745,8 +852,9 @@ fn is_lab_agent(pid: u32, store_url: &str) -> bool {
 }
 
 /// Removes everything lab `name` made, whether or not `up` finished: kills every process in its
-/// namespaces, deletes the namespaces (those in `lab.json` and any `NAME-router`/`NAME-hN` left
-/// by a crash), removes the state directory. Returns the namespaces deleted. Idempotent.
+/// namespaces, deletes the namespaces (those in `lab.json` and any `NAME-router`, `NAME-outside`,
+/// `NAME-hN` or pod `NAME-hN-pM` left by a crash), removes the state directory (pods' CNI and
+/// IPAM files included). Returns the namespaces deleted. Idempotent.
 pub fn down(name: &str) -> Result<Vec<String>> {
     require_root()?;
     validate_name(name)?;
@@ -755,7 +863,9 @@ pub fn down(name: &str) -> Result<Vec<String>> {
     let mut wanted: BTreeSet<String> = BTreeSet::new();
     if let Some(s) = &recorded {
         wanted.insert(topology::router_ns(name));
+        wanted.insert(topology::outside_ns(name));
         wanted.extend(s.hosts.iter().map(|h| h.plan.namespace.clone()));
+        wanted.extend(s.hosts.iter().flat_map(|h| h.pods.iter().map(|p| p.namespace.clone())));
     }
     let existing: Vec<String> = netns::list()?
         .into_iter()
@@ -830,5 +940,31 @@ impl Drop for LabGuard {
                 eprintln!("weft lab: tearing down lab {:?} failed: {e}", lab.state.name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_routing_is_merged_into_the_backend() {
+        let v: serde_json::Value = serde_json::from_str(&with_direct_routing(DEFAULT_NETWORK_CONFIG).unwrap()).unwrap();
+        assert_eq!(v["Backend"]["DirectRouting"], true);
+        assert_eq!(v["Backend"]["Type"], "vxlan");
+        assert_eq!(v["Network"], "10.0.0.0/16");
+        let v: serde_json::Value =
+            serde_json::from_str(&with_direct_routing(r#"{"Network":"10.0.0.0/16"}"#).unwrap()).unwrap();
+        assert_eq!(v["Backend"]["DirectRouting"], true);
+        assert!(with_direct_routing("[1]").is_err());
+        assert!(with_direct_routing(r#"{"Backend":3}"#).is_err());
+    }
+
+    #[test]
+    fn masquerade_follows_pods_unless_set() {
+        assert!(!LabOptions::new("w", 2).masquerades());
+        assert!(LabOptions::new("w", 2).pods(1).masquerades());
+        assert!(!LabOptions::new("w", 2).pods(1).ip_masq(false).masquerades());
+        assert!(LabOptions::new("w", 2).ip_masq(true).masquerades());
     }
 }

@@ -12,19 +12,24 @@
 //!   and after a crash.
 //! - [`agent`]: starting and stopping agent processes.
 //! - [`probe`]: an in-process ICMP pinger that works from inside any namespace.
-//! - [`cluster`]: [`Lab`], the API the CLI and the integration tests use, and [`LabGuard`].
+//! - [`pods`]: pod namespaces wired by the `weft-cni` plugin, run inside their host's namespace.
+//! - [`cluster`]: [`Lab`], the API the CLI and the integration tests use, and [`LabGuard`]
+//!   (its pod half in `cluster_pods`).
 
 pub mod agent;
 pub mod check;
 pub mod cluster;
+mod cluster_pods;
 pub mod netns;
+pub mod pods;
 pub mod probe;
 pub mod state;
 pub mod topology;
 
 pub use agent::AgentSpec;
-pub use check::CheckReport;
+pub use check::{CheckReport, PodProbe, ProbeKind};
 pub use cluster::{down, AddedHost, HostStatus, Lab, LabGuard, LabOptions};
+pub use pods::PodInfo;
 pub use probe::{PingStats, Pinger};
 
 use std::path::PathBuf;

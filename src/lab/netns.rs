@@ -6,7 +6,7 @@
 //! namespace (the only root-namespace commands are `netns add/del`, which manage the namespace
 //! handles in /run/netns).
 
-use super::topology::{router_ns, HostPlan};
+use super::topology::{self, router_ns, HostPlan};
 use super::{LabError, Result};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -116,16 +116,31 @@ pub fn pids(ns: &str) -> Result<Vec<i32>> {
 }
 
 /// The router's side of the given hosts: one veth per host, created inside the router namespace
-/// with its peer (`eth0`) placed directly in the host namespace, the router's `.1` on it.
+/// with its peer (`eth0`) placed directly in the host namespace.
 ///
-/// With several hosts per rack (later) the router's address moves to a per-rack bridge and the
-/// veths become its ports; only this function and [`host_script`] need to change.
-pub fn router_script(hosts: &[HostPlan]) -> String {
+/// Unbridged (one host per rack), the router's `.1` sits on the veth itself. Bridged (several
+/// hosts per rack), each rack has a bridge `LAB-rR` carrying the `.1`, made with the rack's
+/// first host (slot 0: indexes are never reused, so slot 0 always comes first), and the veths
+/// are its ports: hosts of one rack then share a link, as servers behind one switch do.
+pub fn router_script(lab: &str, hosts: &[HostPlan], bridged: bool) -> String {
     let mut s = String::new();
     for h in hosts {
         let port = &h.namespace;
         s += &format!("link add {port} type veth peer name eth0 netns {}\n", h.namespace);
-        s += &format!("addr add {}/{} dev {port}\n", h.router_ip, h.rack_subnet.prefix_len());
+        let addr_dev = if bridged {
+            let br = topology::rack_bridge(lab, h.rack);
+            if h.slot == 0 {
+                s += &format!("link add {br} type bridge\nlink set {br} up\n");
+                s += &format!("addr add {}/{} dev {br}\n", h.router_ip, h.rack_subnet.prefix_len());
+            }
+            s += &format!("link set {port} master {br}\n");
+            None
+        } else {
+            Some(port)
+        };
+        if let Some(dev) = addr_dev {
+            s += &format!("addr add {}/{} dev {dev}\n", h.router_ip, h.rack_subnet.prefix_len());
+        }
         s += &format!("link set {port} up\n");
     }
     s
@@ -157,14 +172,14 @@ pub fn create_router(lab: &str) -> Result<()> {
     check(format!("ip netns exec {ns} sysctl -qw net.ipv4.ip_forward=1"), out).map(drop)
 }
 
-/// Creates and wires host namespaces (the router must exist).
-pub fn create_hosts(lab: &str, hosts: &[HostPlan]) -> Result<()> {
+/// Creates and wires host namespaces (the router must exist); `bridged` as in [`router_script`].
+pub fn create_hosts(lab: &str, hosts: &[HostPlan], bridged: bool) -> Result<()> {
     if hosts.is_empty() {
         return Ok(());
     }
     let names: Vec<String> = hosts.iter().map(|h| h.namespace.clone()).collect();
     add_namespaces(&names)?;
-    batch(Some(&router_ns(lab)), false, &router_script(hosts))?;
+    batch(Some(&router_ns(lab)), false, &router_script(lab, hosts, bridged))?;
     for chunk in hosts.chunks(PARALLEL) {
         let running: Vec<_> = chunk
             .iter()
@@ -175,6 +190,43 @@ pub fn create_hosts(lab: &str, hosts: &[HostPlan]) -> Result<()> {
         results.into_iter().collect::<Result<()>>()?;
     }
     Ok(())
+}
+
+/// The underlay ranges the outside namespace routes back through the router: every range a
+/// rack can use, and nothing else — in particular no route to the overlay, so a pod's packet
+/// reaches the outside but its answer only finds the way back if the pod's host masqueraded it.
+pub const UNDERLAY_RANGES: [&str; 4] = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15"];
+
+/// `NAME-outside`'s own configuration (its `eth0` is the peer of the router's `NAME-out`).
+pub fn outside_script() -> String {
+    let net = topology::outside_subnet();
+    let (ip, gw) = (topology::host_ip(net, 0), topology::router_ip(net));
+    let mut s = format!(
+        "link set lo up\naddr add {ip}/{} dev eth0\nlink set eth0 up\n",
+        net.prefix_len()
+    );
+    for r in UNDERLAY_RANGES {
+        s += &format!("route add {r} via {gw}\n");
+    }
+    s
+}
+
+/// Creates `NAME-outside` beyond the router (the router must exist); returns its address.
+pub fn create_outside(lab: &str) -> Result<std::net::Ipv4Addr> {
+    let (ns, port, net) = (
+        topology::outside_ns(lab),
+        topology::outside_port(lab),
+        topology::outside_subnet(),
+    );
+    add_namespaces(std::slice::from_ref(&ns))?;
+    let router = format!(
+        "link add {port} type veth peer name eth0 netns {ns}\naddr add {}/{} dev {port}\nlink set {port} up\n",
+        topology::router_ip(net),
+        net.prefix_len()
+    );
+    batch(Some(&router_ns(lab)), false, &router)?;
+    batch(Some(&ns), false, &outside_script())?;
+    Ok(topology::host_ip(net, 0))
 }
 
 /// Runs a command inside a namespace (`ip netns exec NS ARGV…`) and returns its output, whatever
@@ -197,7 +249,7 @@ mod tests {
     fn scripts() {
         let h = host_plan("weft", 2).unwrap();
         assert_eq!(
-            router_script(std::slice::from_ref(&h)),
+            router_script("weft", std::slice::from_ref(&h), false),
             "link add weft-h2 type veth peer name eth0 netns weft-h2\n\
              addr add 198.51.100.1/24 dev weft-h2\n\
              link set weft-h2 up\n"
@@ -206,5 +258,36 @@ mod tests {
             host_script(&h),
             "link set lo up\naddr add 198.51.100.10/24 dev eth0\nlink set eth0 up\nroute add default via 198.51.100.1\n"
         );
+    }
+
+    #[test]
+    fn bridged_racks() {
+        use crate::lab::topology::host_plan_sized;
+        let hosts: Vec<_> = (1..=3).map(|i| host_plan_sized("weft", i, 2).unwrap()).collect();
+        assert_eq!(
+            router_script("weft", &hosts, true),
+            "link add weft-h1 type veth peer name eth0 netns weft-h1\n\
+             link add weft-r1 type bridge\nlink set weft-r1 up\n\
+             addr add 192.0.2.1/24 dev weft-r1\n\
+             link set weft-h1 master weft-r1\nlink set weft-h1 up\n\
+             link add weft-h2 type veth peer name eth0 netns weft-h2\n\
+             link set weft-h2 master weft-r1\nlink set weft-h2 up\n\
+             link add weft-h3 type veth peer name eth0 netns weft-h3\n\
+             link add weft-r2 type bridge\nlink set weft-r2 up\n\
+             addr add 198.51.100.1/24 dev weft-r2\n\
+             link set weft-h3 master weft-r2\nlink set weft-h3 up\n"
+        );
+        assert_eq!(
+            host_script(&hosts[1]).lines().nth(1),
+            Some("addr add 192.0.2.11/24 dev eth0")
+        );
+    }
+
+    #[test]
+    fn outside_routes_back_only_to_the_underlay() {
+        let s = outside_script();
+        assert!(s.contains("addr add 198.19.255.10/24 dev eth0"), "{s}");
+        assert!(s.contains("route add 198.18.0.0/15 via 198.19.255.1"), "{s}");
+        assert!(!s.contains("10.0.") && !s.contains("default"), "{s}");
     }
 }

@@ -5,9 +5,11 @@
 //! and friends work from another process and after `lab up` crashed or was killed.
 
 use super::agent::AgentSpec;
+use super::pods::PodInfo;
 use super::topology::HostPlan;
 use super::{LabError, Result};
 use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 /// Parent of every lab's state directory (tmpfs: a reboot forgets labs, as it forgets namespaces).
@@ -35,7 +37,23 @@ pub struct LabState {
     /// Index of the next host `add` creates; indexes are never reused, so a removed host's logs
     /// and rack are never confused with a new one's.
     pub next_index: u32,
+    /// Hosts per rack (1: a rack each; more: racks are bridges in the router).
+    #[serde(default = "one")]
+    pub rack_size: u32,
+    /// Pods per host (hosts added later get as many).
+    #[serde(default)]
+    pub pods_per_host: u32,
+    /// Whether hosts added later run their agent with `--ip-masq`.
+    #[serde(default)]
+    pub ip_masq: bool,
+    /// `NAME-outside`'s address, if the lab made it.
+    #[serde(default)]
+    pub outside: Option<Ipv4Addr>,
     pub hosts: Vec<HostState>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +62,23 @@ pub struct HostState {
     pub plan: HostPlan,
     /// Pid of the host's agent, if one was started.
     pub agent_pid: Option<u32>,
+    /// The agent runs (and restarts) with `--ip-masq`.
+    #[serde(default)]
+    pub ip_masq: bool,
+    /// Pods wired so far (a pod made by a crashed `up` but not recorded is still found by name).
+    #[serde(default)]
+    pub pods: Vec<PodInfo>,
+}
+
+impl HostState {
+    pub fn new(plan: HostPlan, ip_masq: bool) -> HostState {
+        HostState {
+            plan,
+            agent_pid: None,
+            ip_masq,
+            pods: Vec::new(),
+        }
+    }
 }
 
 impl LabState {
@@ -127,15 +162,20 @@ mod tests {
                 env: vec![("RUST_LOG".into(), "debug".into())],
             },
             next_index: 3,
+            rack_size: 1,
+            pods_per_host: 1,
+            ip_masq: true,
+            outside: Some(Ipv4Addr::new(198, 19, 255, 10)),
             hosts: vec![
                 HostState {
-                    plan: host_plan("weft", 1).unwrap(),
                     agent_pid: Some(1234),
+                    pods: vec![PodInfo {
+                        namespace: "weft-h1-p1".into(),
+                        ip: Ipv4Addr::new(10, 0, 5, 2),
+                    }],
+                    ..HostState::new(host_plan("weft", 1).unwrap(), true)
                 },
-                HostState {
-                    plan: host_plan("weft", 2).unwrap(),
-                    agent_pid: None,
-                },
+                HostState::new(host_plan("weft", 2).unwrap(), false),
             ],
         };
         state.save(dir.path()).unwrap();
