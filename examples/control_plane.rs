@@ -53,7 +53,10 @@ fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -61,14 +64,23 @@ fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let n: u32 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(10_000);
+    let n: u32 = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(10_000);
     let _ = weft::lab::down(NAME);
-    let bin = std::env::current_exe()?.parent().and_then(|p| p.parent()).context("exe dir")?.join("weft");
+    let bin = std::env::current_exe()?
+        .parent()
+        .and_then(|p| p.parent())
+        .context("exe dir")?
+        .join("weft");
     let opts = LabOptions::topology_only(NAME, 1)
         .weft_bin(&bin)
         .network_config(r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#);
@@ -79,7 +91,9 @@ async fn main() -> Result<()> {
     let t = Instant::now();
     for i in 0..n {
         let (subnet, ip, mac) = peer(i);
-        store.create(&lease_key(lab.prefix(), subnet), &vxlan_lease_value(ip, 1, mac), ttl).await?;
+        store
+            .create(&lease_key(lab.prefix(), subnet), &vxlan_lease_value(ip, 1, mac), ttl)
+            .await?;
     }
     println!("wrote {n} synthetic leases in {:.1} s", t.elapsed().as_secs_f64());
 
@@ -88,7 +102,12 @@ async fn main() -> Result<()> {
     let (last_subnet, _, _) = peer(n - 1);
     let synced = wait_log(&lab, &["reconciled", &format!("peers={n}")], Duration::from_secs(120))?;
     let leased = wait_log(&lab, &["leased a new subnet"], Duration::from_secs(1))?;
-    println!("initial sync: {:.0} ms from agent start ({:.0} ms after its lease), {} kernel entries", ms(spawned, synced), ms(leased, synced), 3 * n);
+    println!(
+        "initial sync: {:.0} ms from agent start ({:.0} ms after its lease), {} kernel entries",
+        ms(spawned, synced),
+        ms(leased, synced),
+        3 * n
+    );
     let _ = last_subnet;
     std::thread::sleep(Duration::from_secs(2));
     let rss_synced = rss_kb(pid);
@@ -100,25 +119,40 @@ async fn main() -> Result<()> {
         let key = lease_key(lab.prefix(), subnet);
         let before = SystemTime::now();
         store.create(&key, &vxlan_lease_value(ip, 1, mac), ttl).await?;
-        let at = wait_log(&lab, &["ensure route", &format!("route {subnet} ")], Duration::from_secs(10))?;
+        let at = wait_log(
+            &lab,
+            &["ensure route", &format!("route {subnet} ")],
+            Duration::from_secs(10),
+        )?;
         adds.push(ms(before, at));
         std::thread::sleep(Duration::from_millis(300));
         let before = SystemTime::now();
         store.delete(&key).await?;
-        let at = wait_log(&lab, &["remove route", &format!("route {subnet} ")], Duration::from_secs(10))?;
+        let at = wait_log(
+            &lab,
+            &["remove route", &format!("route {subnet} ")],
+            Duration::from_secs(10),
+        )?;
         dels.push(ms(before, at));
         std::thread::sleep(Duration::from_millis(300));
     }
     adds.sort_by(f64::total_cmp);
     dels.sort_by(f64::total_cmp);
-    println!("one lease added → route in the kernel: median {:.1} ms ({adds:.1?})", adds[2]);
+    println!(
+        "one lease added → route in the kernel: median {:.1} ms ({adds:.1?})",
+        adds[2]
+    );
     println!("one lease removed → route gone: median {:.1} ms ({dels:.1?})", dels[2]);
 
     let hz = 100.0; // USER_HZ
     let c0 = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(10));
     let idle = (cpu_ticks(pid) - c0) as f64 / hz / 10.0 * 100.0;
-    println!("resident memory: {} KB after sync, {} KB now; idle CPU over 10 s: {idle:.2} %", rss_synced, rss_kb(pid));
+    println!(
+        "resident memory: {} KB after sync, {} KB now; idle CPU over 10 s: {idle:.2} %",
+        rss_synced,
+        rss_kb(pid)
+    );
     lab.down()?;
     Ok(())
 }

@@ -408,7 +408,11 @@ impl Agent {
         let (ok, error, operations) = match result {
             Ok(Some(ops)) => {
                 if ops > 0 {
-                    let peers = self.peer_status.iter().filter(|p| p.state == status::PeerState::Programmed).count();
+                    let peers = self
+                        .peer_status
+                        .iter()
+                        .filter(|p| p.state == status::PeerState::Programmed)
+                        .count();
                     info!(operations = ops, peers, duration_ms = seconds * 1000.0, "reconciled");
                 }
                 self.converged_once = true;
