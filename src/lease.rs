@@ -12,6 +12,9 @@ use std::time::SystemTime;
 /// Leases larger than this are refused before parsing (a hostile store entry must not cost memory).
 pub const MAX_LEASE_VALUE_BYTES: usize = 4096;
 
+/// Lease keys longer than this are refused before they are looked at (flannel's are ~45 bytes).
+pub const MAX_LEASE_KEY_BYTES: usize = 512;
+
 /// The JSON value of a lease key, field for field and in flannel's order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
@@ -51,12 +54,14 @@ pub struct Lease {
 pub enum LeaseError {
     #[error("lease key {key:?} does not name a subnet (want <prefix>/subnets/a.b.c.d-len)")]
     BadKey { key: String },
-    #[error("lease {key}: value is {len} bytes, more than {MAX_LEASE_VALUE_BYTES}")]
+    #[error("lease {key}: value is larger than {MAX_LEASE_VALUE_BYTES} bytes ({len} seen)")]
     TooLarge { key: String, len: usize },
     #[error("lease {key}: value is not valid lease JSON: {reason}")]
     BadJson { key: String, reason: String },
     #[error("lease {key}: backend type {backend:?} is not vxlan")]
     UnsupportedBackend { key: String, backend: String },
+    #[error("lease {key}: value names subnet {value_subnet:?}, the key another")]
+    KeyValueMismatch { key: String, value_subnet: String },
 }
 
 impl LeaseError {
@@ -67,6 +72,7 @@ impl LeaseError {
             LeaseError::TooLarge { .. } => "too_large",
             LeaseError::BadJson { .. } => "bad_json",
             LeaseError::UnsupportedBackend { .. } => "unsupported_backend",
+            LeaseError::KeyValueMismatch { .. } => "key_value_mismatch",
         }
     }
 }
@@ -81,23 +87,50 @@ pub fn lease_key(prefix: &str, subnet: Ipv4Net) -> String {
     format!("{}/subnets/{}", prefix.trim_end_matches('/'), subnet_key_suffix(subnet))
 }
 
-/// Parses the last path element of a lease key (`10.0.37.0-24`). The address must be the
-/// network address of the subnet: `10.0.37.5-24` is junk, not a synonym.
+/// Parses a lease key's subnet: what follows the last `/subnets/` (`10.0.37.0-24`). Only the
+/// canonical spelling is a subnet, so one subnet has exactly one key: `10.0.37.5-24` (host
+/// bits), `10.0.037.0-24`, `10.0.37.0-024`, `x/10.0.37.0-24` (a nested path) and anything with
+/// bytes around it are junk, not synonyms.
 pub fn parse_subnet_key(key: &str) -> Option<Ipv4Net> {
-    let last = key.rsplit('/').next()?;
+    if key.len() > MAX_LEASE_KEY_BYTES {
+        return None;
+    }
+    let last = match key.rsplit_once("/subnets/") {
+        Some((_, last)) => last,
+        None => key.rsplit('/').next()?,
+    };
     let (ip, len) = last.split_once('-')?;
     if len.is_empty() || len.len() > 2 || !len.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let ip: Ipv4Addr = ip.parse().ok()?;
     let net = Ipv4Net::new(ip, len.parse().ok()?).ok()?;
-    (net.network() == ip).then_some(net)
+    (net.network() == ip && subnet_key_suffix(net) == last).then_some(net)
+}
+
+/// What `from_entry` reads: flannel's fields, plus a `Subnet` field that flannel never writes
+/// but a hand-made or hostile value might. Other unknown fields are ignored (newer flannels add
+/// some); a field given twice is an error.
+#[derive(Deserialize)]
+struct WireLease {
+    #[serde(rename = "PublicIP")]
+    public_ip: Ipv4Addr,
+    /// Read (so a malformed one is refused) but not used: IPv6 overlays are not supported yet.
+    #[serde(rename = "PublicIPv6", default)]
+    #[allow(dead_code)]
+    public_ipv6: Option<Ipv6Addr>,
+    #[serde(rename = "BackendType")]
+    backend_type: String,
+    #[serde(rename = "BackendData", default)]
+    backend_data: Option<serde_json::Value>,
+    #[serde(rename = "Subnet", alias = "subnet", default)]
+    subnet: Option<serde_json::Value>,
 }
 
 impl Lease {
     pub fn from_entry(entry: &Entry) -> Result<Lease, LeaseError> {
         let key = &entry.key;
-        let subnet = parse_subnet_key(key).ok_or_else(|| LeaseError::BadKey { key: key.clone() })?;
+        let subnet = parse_subnet_key(key).ok_or_else(|| LeaseError::BadKey { key: shown(key) })?;
         if entry.value.len() > MAX_LEASE_VALUE_BYTES {
             return Err(LeaseError::TooLarge {
                 key: key.clone(),
@@ -108,11 +141,22 @@ impl Lease {
             key: key.clone(),
             reason: e.to_string(),
         };
-        let attrs: LeaseAttrs = serde_json::from_str(&entry.value).map_err(bad)?;
+        let attrs: WireLease = serde_json::from_str(&entry.value).map_err(bad)?;
+        // The key says which subnet the lease is for; a value that says otherwise is refused
+        // rather than guessed at.
+        if let Some(v) = &attrs.subnet {
+            let agrees = v.as_str().and_then(|s| s.parse::<Ipv4Net>().ok()) == Some(subnet);
+            if !agrees {
+                return Err(LeaseError::KeyValueMismatch {
+                    key: key.clone(),
+                    value_subnet: v.to_string().chars().take(64).collect(),
+                });
+            }
+        }
         if attrs.backend_type != "vxlan" {
             return Err(LeaseError::UnsupportedBackend {
                 key: key.clone(),
-                backend: attrs.backend_type,
+                backend: shown(&attrs.backend_type),
             });
         }
         let data: VxlanData =
@@ -126,6 +170,15 @@ impl Lease {
             expires_at: entry.expires_at,
             revision: entry.mod_revision,
         })
+    }
+}
+
+/// At most 128 characters of a hostile string, for errors and logs.
+pub(crate) fn shown(s: &str) -> String {
+    const MAX: usize = 128;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 

@@ -92,6 +92,8 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
 /// How often the agent checks that the store still answers, for `/healthz`.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// At most this long is spent taking in a burst of store events before reconciling.
+const STORM_DRAIN: Duration = Duration::from_millis(100);
 
 struct Agent {
     opts: AgentOptions,
@@ -127,6 +129,20 @@ struct Agent {
     firewall: Option<crate::kernel::nft::FirewallSpec>,
     firewall_check_due: bool,
     offload_done_for: Option<u32>,
+}
+
+/// A lease entry as the agent keeps it: a value too large to be a lease (refused as `too_large`
+/// anyway) is cut to just over the limit, so a hostile entry costs at most that much memory.
+fn bounded(mut e: Entry) -> Entry {
+    let limit = crate::lease::MAX_LEASE_VALUE_BYTES + 1;
+    if e.value.len() > limit {
+        let cut = (limit..=e.value.len())
+            .find(|&i| e.value.is_char_boundary(i))
+            .unwrap_or(e.value.len());
+        e.value.truncate(cut);
+        e.value.shrink_to_fit();
+    }
+    e
 }
 
 impl Agent {
@@ -214,6 +230,7 @@ impl Agent {
                     _ = &mut shutdown => return self.stopped(),
                     ev = watch.recv() => {
                         let mut next = ev;
+                        let drain_until = Instant::now() + STORM_DRAIN;
                         loop {
                             match next {
                                 None => {
@@ -229,10 +246,19 @@ impl Agent {
                                     self.apply_event(ev);
                                 }
                             }
-                            match watch.try_recv() {
-                                Ok(ev) => next = Some(ev),
+                            next = match watch.try_recv() {
+                                Ok(ev) => Some(ev),
+                                // The store's watch task runs on this thread too: let it refill
+                                // the channel, so a storm is one step, not one per channel-full.
+                                Err(_) if Instant::now() < drain_until => {
+                                    tokio::task::yield_now().await;
+                                    match watch.try_recv() {
+                                        Ok(ev) => Some(ev),
+                                        Err(_) => break,
+                                    }
+                                }
                                 Err(_) => break,
-                            }
+                            };
                         }
                     }
                     ev = events.recv() => {
@@ -277,7 +303,7 @@ impl Agent {
             if e.key == config_key {
                 config_text = Some(e.value);
             } else if e.key.starts_with(&subnets) {
-                self.leases.insert(e.key.clone(), e);
+                self.leases.insert(e.key.clone(), bounded(e));
             }
         }
         if config_text != self.config_text {
@@ -317,7 +343,7 @@ impl Agent {
                         self.lose_lease("our lease was overwritten by someone else");
                     }
                 }
-                self.leases.insert(e.key.clone(), e);
+                self.leases.insert(e.key.clone(), bounded(e));
             }
             WatchEvent::Delete { key, .. } if key.starts_with(&self.keys.subnets()) => {
                 if self.own.as_ref().is_some_and(|o| o.key == key) {
@@ -621,5 +647,32 @@ impl Agent {
         }
         self.written_env = Some(env);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_lease_value_is_kept_cut_to_just_over_the_limit() {
+        let limit = crate::lease::MAX_LEASE_VALUE_BYTES;
+        let e = Entry {
+            key: "/coreos.com/network/subnets/10.0.5.0-24".into(),
+            value: "é".repeat(1 << 19), // 1 MiB, two bytes a character
+            create_revision: 1,
+            mod_revision: 1,
+            expires_at: None,
+        };
+        let kept = bounded(e.clone());
+        assert!(kept.value.len() > limit && kept.value.len() <= limit + 4);
+        assert!(kept.value.capacity() < 2 * limit);
+        let err = crate::lease::Lease::from_entry(&kept).unwrap_err();
+        assert_eq!(err.reason(), "too_large");
+        let small = Entry {
+            value: "{}".into(),
+            ..e
+        };
+        assert_eq!(bounded(small.clone()), small);
     }
 }

@@ -79,13 +79,18 @@ impl Agent {
         }
     }
 
-    /// Each refused lease is logged and counted once per revision, not at every resync.
+    /// Each refused lease is logged and counted once per revision, not at every resync. What is
+    /// remembered is bounded by the leases in the store: a revision no longer current is forgotten.
     fn log_rejections(&mut self, rejected: &[Rejected]) {
+        let leases = &self.leases;
+        self.logged_rejections
+            .retain(|(key, rev)| leases.get(key).is_some_and(|e| e.mod_revision == *rev));
         for r in rejected {
             let rev = self.leases.get(&r.key).map(|e| e.mod_revision).unwrap_or_default();
             if self.logged_rejections.insert((r.key.clone(), rev)) {
                 self.shared.metrics.rejected(r.rejection.reason());
-                warn!(key = %r.key, reason = r.rejection.reason(), "refusing lease: {}", r.rejection);
+                // The key is the store's, not ours: quoted and cut short, so it cannot forge log lines.
+                warn!(key = ?crate::lease::shown(&r.key), reason = r.rejection.reason(), "refusing lease: {}", r.rejection);
             }
         }
     }

@@ -6,6 +6,8 @@ pub mod peers;
 pub mod state;
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;
 
 use ipnet::Ipv4Net;

@@ -44,6 +44,7 @@ pub enum Rejection {
     OwnPublicIp,
     BadVtepMac,
     DuplicateVtepMac { other: Ipv4Net },
+    DuplicatePublicIp { other: Ipv4Net },
 }
 
 impl Rejection {
@@ -58,6 +59,7 @@ impl Rejection {
             Rejection::OwnPublicIp => "own_public_ip",
             Rejection::BadVtepMac => "bad_vtep_mac",
             Rejection::DuplicateVtepMac { .. } => "duplicate_vtep_mac",
+            Rejection::DuplicatePublicIp { .. } => "duplicate_public_ip",
         }
     }
 }
@@ -73,6 +75,7 @@ impl fmt::Display for Rejection {
             Rejection::OwnPublicIp => write!(f, "public IP is this host's own, but the subnet is not ours"),
             Rejection::BadVtepMac => write!(f, "VTEP MAC is multicast or all zeros"),
             Rejection::DuplicateVtepMac { other } => write!(f, "VTEP MAC is already used by the lease for {other}"),
+            Rejection::DuplicatePublicIp { other } => write!(f, "public IP is already used by the lease for {other}"),
         }
     }
 }
@@ -89,9 +92,14 @@ pub struct PeerSet {
     pub rejected: Vec<Rejected>,
 }
 
-fn public_ip_problem(ip: Ipv4Addr) -> Option<&'static str> {
+/// Why `ip` cannot be a peer's underlay address, if it cannot. An address inside the overlay
+/// network would send VXLAN into the overlay itself (a loop).
+fn public_ip_problem(ip: Ipv4Addr, overlay: Ipv4Net) -> Option<&'static str> {
+    let first = ip.octets()[0];
     if ip.is_unspecified() {
         Some("unspecified")
+    } else if first == 0 {
+        Some("in 0.0.0.0/8 (this network)")
     } else if ip.is_loopback() {
         Some("loopback")
     } else if ip.is_multicast() {
@@ -100,6 +108,10 @@ fn public_ip_problem(ip: Ipv4Addr) -> Option<&'static str> {
         Some("broadcast")
     } else if ip.is_link_local() {
         Some("link-local")
+    } else if first >= 240 {
+        Some("reserved (240.0.0.0/4)")
+    } else if overlay.contains(&ip) {
+        Some("inside the overlay network")
     } else {
         None
     }
@@ -118,7 +130,7 @@ fn check(cfg: &NetworkConfig, host: &Host, lease: &Lease) -> Result<(), Rejectio
             got: lease.vni,
         });
     }
-    if let Some(why) = public_ip_problem(lease.public_ip) {
+    if let Some(why) = public_ip_problem(lease.public_ip, cfg.network) {
         return Err(Rejection::BadPublicIp { why });
     }
     if lease.public_ip == host.public_ip {
@@ -130,35 +142,49 @@ fn check(cfg: &NetworkConfig, host: &Host, lease: &Lease) -> Result<(), Rejectio
     Ok(())
 }
 
-/// Sorts store entries into peers and refusals. Our own lease is neither. Deterministic: on a
-/// VTEP MAC claimed twice, the older lease (lower create revision) wins.
+/// Sorts store entries into peers and refusals. Our own lease is neither. Deterministic: a
+/// VTEP MAC or public IP claimed twice stays with our own lease, else with the older lease
+/// (lower create revision); one host has one lease.
 pub fn select_peers<'a>(cfg: &NetworkConfig, host: &Host, entries: impl IntoIterator<Item = &'a Entry>) -> PeerSet {
     let mut sorted: Vec<&Entry> = entries.into_iter().collect();
     sorted.sort_by(|a, b| (a.create_revision, &a.key).cmp(&(b.create_revision, &b.key)));
 
     let mut out = PeerSet::default();
     let mut macs: HashMap<Mac, Ipv4Net> = HashMap::new();
-    for entry in sorted {
-        let lease = match Lease::from_entry(entry) {
-            Ok(l) => l,
-            Err(e) => {
-                out.rejected.push(Rejected {
+    let mut ips: HashMap<Ipv4Addr, Ipv4Net> = HashMap::new();
+    // Refusals in entry order: (position, refusal).
+    let mut rejected = Vec::new();
+    let mut leases = Vec::with_capacity(sorted.len());
+    for (i, entry) in sorted.into_iter().enumerate() {
+        match Lease::from_entry(entry) {
+            // Ours claims its MAC first, whatever its age.
+            Ok(l) if Some(l.subnet) == host.subnet => {
+                macs.insert(l.vtep_mac, l.subnet);
+            }
+            Ok(l) => leases.push((i, entry, l)),
+            Err(e) => rejected.push((
+                i,
+                Rejected {
                     key: entry.key.clone(),
                     rejection: Rejection::Malformed(e),
-                });
-                continue;
-            }
-        };
-        if Some(lease.subnet) == host.subnet {
-            continue;
+                },
+            )),
         }
-        let verdict = check(cfg, host, &lease).and_then(|()| match macs.get(&lease.vtep_mac) {
-            Some(&other) => Err(Rejection::DuplicateVtepMac { other }),
-            None => Ok(()),
+    }
+    for (i, entry, lease) in leases {
+        let verdict = check(cfg, host, &lease).and_then(|()| {
+            if let Some(&other) = macs.get(&lease.vtep_mac) {
+                Err(Rejection::DuplicateVtepMac { other })
+            } else if let Some(&other) = ips.get(&lease.public_ip) {
+                Err(Rejection::DuplicatePublicIp { other })
+            } else {
+                Ok(())
+            }
         });
         match verdict {
             Ok(()) => {
                 macs.insert(lease.vtep_mac, lease.subnet);
+                ips.insert(lease.public_ip, lease.subnet);
                 out.peers.push(Peer {
                     key: entry.key.clone(),
                     subnet: lease.subnet,
@@ -166,12 +192,17 @@ pub fn select_peers<'a>(cfg: &NetworkConfig, host: &Host, entries: impl IntoIter
                     vtep_mac: lease.vtep_mac,
                 });
             }
-            Err(rejection) => out.rejected.push(Rejected {
-                key: entry.key.clone(),
-                rejection,
-            }),
+            Err(rejection) => rejected.push((
+                i,
+                Rejected {
+                    key: entry.key.clone(),
+                    rejection,
+                },
+            )),
         }
     }
+    rejected.sort_by_key(|(i, _)| *i);
+    out.rejected = rejected.into_iter().map(|(_, r)| r).collect();
     out.peers.sort_by_key(|p| p.subnet);
     out
 }

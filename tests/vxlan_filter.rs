@@ -1,0 +1,209 @@
+//! Issue #7, part 3: VXLAN only from peers. A VXLAN packet crafted here (VXLAN header with the
+//! network's VNI, inner Ethernet + IPv4 + ICMP echo to the target's overlay address) sent from
+//! the lab's router, which is not a peer, is dropped and counted (nft counter and
+//! `weft_vxlan_dropped_packets_total`) while peers' pings flow; the same packet from a peer's
+//! address is accepted; and the peers set follows the leases. Needs root (network namespaces).
+
+mod common;
+
+use common::kernel::*;
+use common::{have_root, lab_name, weft_bin};
+use nix::sched::{setns, CloneFlags};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
+use weft::lab::probe::Pinger;
+use weft::lab::{Lab, LabOptions};
+
+const VXLAN_PORT: u16 = 8472;
+const VNI: u32 = 1;
+/// Packets injected per phase.
+const BURST: u64 = 20;
+
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A VXLAN payload: header (I flag, `vni`), inner Ethernet to `dst_mac`, IPv4 `src` → `dst`,
+/// ICMP echo request — what a peer's VTEP would send, and enough for the target to deliver it.
+fn vxlan_echo(vni: u32, src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x77, 0x65, (seq >> 8) as u8, seq as u8];
+    icmp.extend_from_slice(b"weft vxlan filter test");
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..6].copy_from_slice(&seq.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+
+    let mut p = vec![0x08, 0, 0, 0];
+    p.extend_from_slice(&(vni << 8).to_be_bytes());
+    p.extend_from_slice(&dst_mac);
+    p.extend_from_slice(&src_mac);
+    p.extend_from_slice(&[0x08, 0x00]);
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&icmp);
+    p
+}
+
+/// Sends each packet once over UDP from namespace `ns` (on a thread of our own that enters it).
+fn send_from(ns: &str, to: SocketAddrV4, packets: Vec<Vec<u8>>) {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns handle");
+        setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
+        let s = UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+        for p in packets {
+            s.send_to(&p, to).expect("send");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .join()
+    .expect("sender thread");
+}
+
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    let v: Vec<u8> = mac
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// The nft drop counter in the host's namespace.
+fn nft_dropped(lab: &Lab, host: &str) -> u64 {
+    let out = sh(
+        lab,
+        host,
+        &["nft", "-j", "list", "counter", "ip", "weft", "vxlan_dropped"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|o| o["counter"]["packets"].as_u64())
+        .expect("counter packets")
+}
+
+/// `weft_vxlan_dropped_packets_total` from the host's agent.
+fn metric_dropped(lab: &Lab, host: &str) -> u64 {
+    let m = sh(
+        lab,
+        host,
+        &["curl", "-sf", "--max-time", "3", "http://127.0.0.1:9102/metrics"],
+    );
+    m.lines()
+        .find_map(|l| l.strip_prefix("weft_vxlan_dropped_packets_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// RX packets of flannel.1.
+fn rx_packets(lab: &Lab, host: &str) -> u64 {
+    sh(lab, host, &["cat", "/sys/class/net/flannel.1/statistics/rx_packets"])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn peers_set(lab: &Lab, host: &str) -> String {
+    sh(lab, host, &["nft", "list", "set", "ip", "weft", "peers"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vxlan_from_a_stranger_is_dropped_and_counted_while_peers_flow() {
+    if !have_root("vxlan_from_a_stranger_is_dropped_and_counted_while_peers_flow") {
+        return;
+    }
+    let name = lab_name();
+    let opts = LabOptions::new(&name, 3)
+        .weft_bin(weft_bin())
+        .agent_arg("--resync-interval")
+        .agent_arg("1s");
+    let mut lab = Lab::up(opts).await.expect("lab up");
+    let leases = lab.leases().await.unwrap();
+    let (h1, h2, h3) = (&leases["h1"], &leases["h2"], &leases["h3"]);
+    let target = SocketAddrV4::new(h1.public_ip, VXLAN_PORT);
+    let packets = |from: Ipv4Addr| -> Vec<Vec<u8>> {
+        (0..BURST as u16)
+            .map(|seq| {
+                vxlan_echo(
+                    VNI,
+                    mac_bytes(&h2.vtep_mac.to_string()),
+                    mac_bytes(&device_mac(&lab, "h1")),
+                    from,
+                    h1.subnet.network(),
+                    seq,
+                )
+            })
+            .collect()
+    };
+    let set = peers_set(&lab, "h1");
+    assert!(
+        set.contains(&h2.public_ip.to_string()) && set.contains(&h3.public_ip.to_string()),
+        "{set}"
+    );
+    assert!(!set.contains(&h1.public_ip.to_string()), "own IP in the set: {set}");
+
+    // A peer's traffic flows throughout.
+    let pinger = Pinger::start(
+        lab.namespace("h2").unwrap(),
+        h3.subnet.network(),
+        Duration::from_millis(20),
+        300,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+
+    // 1. From the router (not a peer): dropped and counted; nothing reaches flannel.1.
+    let router = weft::lab::topology::router_ns(&name);
+    let (dropped0, rx0) = (nft_dropped(&lab, "h1"), rx_packets(&lab, "h1"));
+    send_from(&router, target, packets(h2.subnet.network()));
+    std::thread::sleep(Duration::from_millis(300));
+    let (dropped1, rx1) = (nft_dropped(&lab, "h1"), rx_packets(&lab, "h1"));
+    assert_eq!(dropped1 - dropped0, BURST, "nft counter");
+    assert_eq!(rx1, rx0, "a stranger's VXLAN reached flannel.1");
+    // The agent's metric follows the nft counter at the latest at the next resync (1 s here).
+    let ok = wait_for(Duration::from_secs(5), || metric_dropped(&lab, "h1") >= dropped1);
+    assert!(ok, "metric {} < nft {dropped1}", metric_dropped(&lab, "h1"));
+
+    // 2. The same packets from a peer's namespace (source: its public IP): accepted and
+    // delivered to flannel.1; the drop counter does not move.
+    send_from(lab.namespace("h2").unwrap(), target, packets(h2.subnet.network()));
+    std::thread::sleep(Duration::from_millis(300));
+    let (dropped2, rx2) = (nft_dropped(&lab, "h1"), rx_packets(&lab, "h1"));
+    assert_eq!(dropped2, dropped1, "a peer's VXLAN was dropped");
+    assert!(rx2 - rx1 >= BURST, "flannel.1 rx {rx1} → {rx2}");
+
+    let stats = pinger.stop().unwrap();
+    assert!(stats.sent > 20, "{stats:?}");
+    assert_eq!(stats.lost, 0, "peer pings lost: {stats:?}");
+
+    // 3. The set follows the leases: h3 goes away (agent stopped, lease deleted).
+    let h3_ip = h3.public_ip.to_string();
+    lab.remove_host("h3").await.unwrap();
+    let ok = wait_for(Duration::from_secs(10), || !peers_set(&lab, "h1").contains(&h3_ip));
+    assert!(ok, "h3's IP still in the set: {}", peers_set(&lab, "h1"));
+    assert!(peers_set(&lab, "h1").contains(&h2.public_ip.to_string()));
+    eprintln!(
+        "stranger: {BURST} sent, {} dropped, 0 delivered; peer: {BURST} sent, {} delivered; pings h2→h3: {}/{} answered",
+        dropped1 - dropped0,
+        rx2 - rx1,
+        stats.received,
+        stats.sent
+    );
+    lab.down().unwrap();
+}
