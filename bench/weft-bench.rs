@@ -278,15 +278,13 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
     let weft = Lab::up(wopts(LAB_WEFT)).await?;
     let nofilter = Lab::up(wopts(LAB_NOFILTER).agent_arg("--vxlan-peer-filter=false")).await?;
     let hand_ips = configure_hand_vxlan(&hand)?;
-    let overlay = |lab: &LabGuard| -> Result<Ipv4Addr> {
-        let ip = futures::executor::block_on(lab.overlay_ip("h2"))?;
-        ip.ok_or_else(|| anyhow!("no lease for h2 in {}", lab.name()))
-    };
+    let weft_dst = weft.overlay_ip("h2").await?.ok_or_else(|| anyhow!("no lease for h2 in {LAB_WEFT}"))?;
+    let nofilter_dst = nofilter.overlay_ip("h2").await?.ok_or_else(|| anyhow!("no lease for h2 in {LAB_NOFILTER}"))?;
     let setups = vec![
         Setup { key: "underlay", label: "underlay", ns_from: hand.namespace("h1")?.into(), dst: hand.underlay_ip("h2")? },
         Setup { key: "hand", label: "hand VXLAN", ns_from: hand.namespace("h1")?.into(), dst: hand_ips[1] },
-        Setup { key: "weft", label: "weft", ns_from: weft.namespace("h1")?.into(), dst: overlay(&weft)? },
-        Setup { key: "weft_nofilter", label: "weft, no peer filter", ns_from: nofilter.namespace("h1")?.into(), dst: overlay(&nofilter)? },
+        Setup { key: "weft", label: "weft", ns_from: weft.namespace("h1")?.into(), dst: weft_dst },
+        Setup { key: "weft_nofilter", label: "weft, no peer filter", ns_from: nofilter.namespace("h1")?.into(), dst: nofilter_dst },
     ];
     for s in &setups {
         if !weft::lab::probe::reach(&s.ns_from, s.dst, Duration::from_secs(3))? {
@@ -392,20 +390,23 @@ async fn has_entries(k: &Kernel, idx: u32, gone: &Lease) -> Result<bool> {
 /// it has nothing left for `gone`; returns the instant it was first clean.
 fn watch_clean(ns: String, gone: Lease, barrier: Arc<Barrier>, bound: Duration) -> std::thread::JoinHandle<Result<Option<Instant>>> {
     std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}"));
-        let entered = f.map_err(anyhow::Error::from).and_then(|f| setns(&f, CloneFlags::CLONE_NEWNET).map_err(anyhow::Error::from));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let prep = rt.block_on(async {
-            entered?;
-            let mut events = weft::kernel::monitor()?;
-            let k = Kernel::connect().await?;
-            let idx = k.link_by_name("flannel.1").await?.ok_or_else(|| anyhow!("no flannel.1 in {ns}"))?.index;
-            let present = has_entries(&k, idx, &gone).await?;
-            while events.try_recv().is_ok() {}
-            Ok::<_, anyhow::Error>((events, k, idx, present))
-        });
+        // Whatever happens, pass the barrier once, or the caller waits for ever.
+        let prep = (|| {
+            let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
+            setns(&f, CloneFlags::CLONE_NEWNET)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (events, k, idx, present) = rt.block_on(async {
+                let mut events = weft::kernel::monitor()?;
+                let k = Kernel::connect().await?;
+                let idx = k.link_by_name("flannel.1").await?.ok_or_else(|| anyhow!("no flannel.1 in {ns}"))?.index;
+                let present = has_entries(&k, idx, &gone).await?;
+                while events.try_recv().is_ok() {}
+                Ok::<_, anyhow::Error>((events, k, idx, present))
+            })?;
+            Ok::<_, anyhow::Error>((rt, events, k, idx, present))
+        })();
         barrier.wait();
-        let (mut events, k, idx, present) = prep?;
+        let (rt, mut events, k, idx, present) = prep?;
         if !present {
             bail!("{ns} had no entries for {} before the removal", gone.subnet);
         }
@@ -575,7 +576,8 @@ fn f(x: &Value, digits: usize) -> String {
     }
 }
 
-fn markdown(r: &Value) -> String {
+fn markdown(r: &Value) -> Vec<(&'static str, String)> {
+    let mut blocks = Vec::new();
     let m = &r["machine"];
     let mut s = String::new();
     let cmd = r["command"].as_str().unwrap_or("");
@@ -589,7 +591,7 @@ fn markdown(r: &Value) -> String {
         r["load_before"].as_str().unwrap_or(""), r["load_after"].as_str().unwrap_or("")
     );
     // Summary
-    s += "### Summary\n\n| figure | weft | target | reference |\n|---|---|---|---|\n";
+    s += "| figure | weft | target | reference |\n|---|---|---|---|\n";
     let dp = &r["dataplane"];
     if dp.is_object() {
         let rt = &dp["ratios"];
@@ -615,10 +617,11 @@ fn markdown(r: &Value) -> String {
         s += &format!("| binary size (stripped, LTO) | {} MB | | |\n", f(&fp["binary_mb"], 1));
     }
     s += "| lease contention, 50 agents at once against etcd (part 5) | see [its section](#5-lease-contention-etcd) | ≤ 3 s | |\n\n";
+    blocks.push(("weft-bench:summary", std::mem::take(&mut s)));
 
     if dp.is_object() {
         s += &format!(
-            "### 1. Data plane\n\n![data plane](bench-dataplane.png)\n\nTwo lab hosts (veth underlay through the router namespace), \
+            "![data plane](bench-dataplane.png)\n\nTwo lab hosts (veth underlay through the router namespace), \
              {} interleaved rounds; iperf3 {} s per test, ping {} × 10 ms. Medians:\n\n\
              | setup | TCP 1 stream Gbit/s | TCP 2 streams Gbit/s | UDP 64 B kpackets/s received | ping RTT ms |\n|---|---|---|---|---|\n",
             dp["rounds"], dp["seconds_per_test"], dp["pings"]
@@ -639,9 +642,10 @@ fn markdown(r: &Value) -> String {
               configures it, with its nft table (VXLAN peer filter) active, as shipped; *weft, no peer filter* — the same with \
               `--vxlan-peer-filter=false`. Per-round samples, the device settings (`ip -d link`, `ethtool -k`) and \
               the nft rule counts are in `benchmarks.json`.\n\n";
+        blocks.push(("weft-bench:dataplane", std::mem::take(&mut s)));
     }
     if let Some(rows) = r["convergence"].as_array() {
-        s += "### 2. Convergence versus lab size\n\n![convergence](bench-convergence.png)\n\n\
+        s += "![convergence](bench-convergence.png)\n\n\
               | hosts | store | join median ms | join p90 ms | removal median ms | removal p90 ms | samples | new agent start → subnet.env, median ms | lab up, all pairs reach each other, s |\n|---|---|---|---|---|---|---|---|---|\n";
         for row in rows {
             let fresh: Vec<f64> = row["fresh_startup_ms"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
@@ -654,13 +658,12 @@ fn markdown(r: &Value) -> String {
               lease is deleted from the store; a thread per remaining host, inside its namespace, watches netlink change \
               events and dumps the routes, neighbours and FDB entries of `flannel.1` at least every 5 ms; the figure is the \
               moment the last host has none left for the removed lease. Each added host is removed again before the next add.\n\n";
+        blocks.push(("weft-bench:convergence", std::mem::take(&mut s)));
     }
-    s += "### 3. Control plane at 10,000 hosts\n\nPart 3 of issue #6 is measured separately (in the agent's own \
-          benchmarks); its figures go here.\n\n";
     if fp.is_object() {
         let list = |k: &str| fp[k].as_array().into_iter().flatten().map(|v| f(v, 1)).collect::<Vec<_>>().join(", ");
         s += &format!(
-            "### 4. Footprint\n\n| figure | value |\n|---|---|\n\
+            "| figure | value |\n|---|---|\n\
              | resident memory (RSS) per agent, 3-host lab, after joining | {} MB |\n\
              | proportional set size (PSS) per agent | {} MB |\n\
              | CPU while idle ({} s, each agent) | {} % |\n\
@@ -672,8 +675,9 @@ fn markdown(r: &Value) -> String {
             list("rss_mb"), list("pss_mb"), f(&fp["idle_seconds"], 0), fp["idle_cpu_percent"].as_array().into_iter().flatten().map(|v| f(v, 2)).collect::<Vec<_>>().join(", "),
             f(&fp["binary_mb"], 1), list("startup_restart_ms"), f(&fp["startup_restart_ms_median"], 1)
         );
+        blocks.push(("weft-bench:footprint", s));
     }
-    s
+    blocks
 }
 
 /// Replaces the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in `path` (appends the
@@ -732,10 +736,12 @@ async fn main() -> Result<()> {
         "footprint": fp,
     });
     std::fs::write(cfg.out.join("benchmarks.json"), serde_json::to_string_pretty(&report)? + "\n")?;
-    let md = markdown(&report);
-    splice(&cfg.out.join("benchmarks.md"), "weft-bench", &md)?;
+    let blocks = markdown(&report);
+    for (name, body) in &blocks {
+        splice(&cfg.out.join("benchmarks.md"), name, body)?;
+        println!("{body}");
+    }
     plots::plots(&report, &cfg.out)?;
-    println!("{md}");
     eprintln!("weft-bench: wrote {}/benchmarks.{{md,json}}, bench-*.png in {:.0} s", cfg.out.display(), t0.elapsed().as_secs_f64());
     Ok(())
 }
