@@ -343,6 +343,24 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
         }
         medians.insert(s.key.into(), Value::Object(m));
     }
+    // Per-round ratios of the neighbouring measurements (same round, same test, one after the
+    // other): robust against the load drifting between rounds.
+    let paired = |a: &str, b: &str, t: &str| -> f64 {
+        let r: Vec<f64> = samples[a][t].iter().zip(&samples[b][t]).map(|(x, y)| x / y).collect();
+        median(&r)
+    };
+    let mut paired_ratios = serde_json::Map::new();
+    for t in TESTS {
+        paired_ratios.insert(
+            t.into(),
+            json!({
+                "hand_over_underlay": paired("hand", "underlay", t),
+                "weft_over_hand": paired("weft", "hand", t),
+                "weft_nofilter_over_hand": paired("weft_nofilter", "hand", t),
+                "weft_over_weft_nofilter": paired("weft", "weft_nofilter", t),
+            }),
+        );
+    }
     let mut ratios = serde_json::Map::new();
     for t in TESTS {
         // For RTT a ratio > 1 is worse; for throughput < 1 is worse.
@@ -364,6 +382,7 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
         "units": {"tcp1": "Gbit/s", "tcp2": "Gbit/s", "udp64": "packets/s received", "ping": "ms (median RTT)"},
         "medians": medians,
         "ratios": ratios,
+        "paired_ratios": paired_ratios,
         "samples": samples,
         "raw": raw,
         "devices": facts,
@@ -595,7 +614,7 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
     let dp = &r["dataplane"];
     if dp.is_object() {
         let rt = &dp["ratios"];
-        s += &format!("| data plane, TCP 1 stream, weft ÷ hand-configured VXLAN | **{}** | ≥ 0.97 | hand VXLAN ÷ underlay {} (anchor ≈ 0.87) |\n", f(&rt["tcp1"]["weft_over_hand"], 3), f(&rt["tcp1"]["hand_over_underlay"], 3));
+        s += &format!("| data plane, TCP 1 stream, weft ÷ hand-configured VXLAN (median of per-round ratios {}) | **{}** | ≥ 0.97 | hand VXLAN ÷ underlay {} (anchor ≈ 0.87) |\n", f(&dp["paired_ratios"]["tcp1"]["weft_over_hand"], 3), f(&rt["tcp1"]["weft_over_hand"], 3), f(&rt["tcp1"]["hand_over_underlay"], 3));
         s += &format!("| data plane, TCP 2 streams, weft ÷ hand VXLAN | **{}** | ≥ 0.97 | hand ÷ underlay {} |\n", f(&rt["tcp2"]["weft_over_hand"], 3), f(&rt["tcp2"]["hand_over_underlay"], 3));
         s += &format!("| data plane, UDP 64 B packets/s, weft ÷ hand VXLAN | **{}** | ≥ 0.97 | hand ÷ underlay {} |\n", f(&rt["udp64"]["weft_over_hand"], 3), f(&rt["udp64"]["hand_over_underlay"], 3));
         s += &format!("| ping RTT, weft ÷ hand VXLAN (lower is better) | **{}** | | hand ÷ underlay {} |\n", f(&rt["ping"]["weft_over_hand"], 3), f(&rt["ping"]["hand_over_underlay"], 3));
@@ -631,10 +650,12 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
             let md = &dp["medians"][k];
             s += &format!("| {} | {} | {} | {} | {} |\n", st["label"].as_str().unwrap_or(""), f(&md["tcp1"], 2), f(&md["tcp2"], 2), f(&json!(md["udp64"].as_f64().unwrap_or(f64::NAN) / 1000.0), 0), f(&md["ping"], 3));
         }
-        s += "\n| ratio | TCP 1 | TCP 2 | UDP 64 B | ping RTT |\n|---|---|---|---|---|\n";
+        s += "\nRatios: of the medians, and in brackets the median of the per-round ratios (each pair measured one right after the other):\n\n| ratio | TCP 1 | TCP 2 | UDP 64 B | ping RTT |\n|---|---|---|---|---|\n";
         for (key, label) in [("hand_over_underlay", "hand VXLAN ÷ underlay"), ("weft_over_hand", "**weft ÷ hand VXLAN**"), ("weft_nofilter_over_hand", "weft without peer filter ÷ hand"), ("weft_over_weft_nofilter", "weft ÷ weft without peer filter (cost of the nft table)")] {
-            s += &format!("| {label} | {} | {} | {} | {} |\n", f(&dp["ratios"]["tcp1"][key], 3), f(&dp["ratios"]["tcp2"][key], 3), f(&dp["ratios"]["udp64"][key], 3), f(&dp["ratios"]["ping"][key], 3));
+            let c = |t: &str| format!("{} ({})", f(&dp["ratios"][t][key], 3), f(&dp["paired_ratios"][t][key], 3));
+            s += &format!("| {label} | {} | {} | {} | {} |\n", c("tcp1"), c("tcp2"), c("udp64"), c("ping"));
         }
+        s += &format!("\nMeasured by `{}` at {}, commit {}, load average {} before and {} after.\n", dp["meta"]["command"].as_str().unwrap_or(""), dp["meta"]["date"].as_str().unwrap_or(""), dp["meta"]["commit"].as_str().unwrap_or(""), dp["meta"]["load_before"].as_str().unwrap_or(""), dp["meta"]["load_after"].as_str().unwrap_or(""));
         s += "\nSetups: *underlay* — iperf3 between the two hosts' underlay addresses; *hand VXLAN* — in a \
               second, agent-less lab, `flannel.1` made by hand with flannel's settings (`ip link add flannel.1 type vxlan id 1 \
               local <underlay IP> dev eth0 dstport 8472 nolearning`, MTU eth0 − 50, address `<subnet>.0/32`, \
@@ -725,6 +746,28 @@ async fn main() -> Result<()> {
     } else {
         (Value::Null, Value::Null)
     };
+    let meta = json!({
+        "command": cfg.command, "date": machine["date"], "commit": machine["commit"],
+        "load_before": load_before, "load_after": loadavg(), "took_s": t0.elapsed().as_secs_f64(),
+    });
+    let with_meta = |mut v: Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("meta".into(), meta.clone());
+        }
+        v
+    };
+    let (dp, fp) = (with_meta(dp), with_meta(fp));
+    let conv = match conv {
+        Value::Array(rows) => Value::Array(rows.into_iter().map(with_meta).collect()),
+        v => v,
+    };
+    // Parts not measured in this run keep their figures from the previous results.
+    let old: Value = std::fs::read(cfg.out.join("benchmarks.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let keep = |v: Value, k: &str| if v.is_null() { old[k].clone() } else { v };
+    let (dp, conv, fp) = (keep(dp, "dataplane"), keep(conv, "convergence"), keep(fp, "footprint"));
     let report = json!({
         "command": cfg.command,
         "machine": machine,
