@@ -74,6 +74,7 @@ fn parse_args() -> Result<Cfg> {
             "--secs" => cfg.secs = val()?.parse()?,
             "--adds" => cfg.adds = val()?.parse()?,
             "--sizes" => cfg.sizes = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--report-only" => cfg.parts = Vec::new(),
             "--only" => cfg.parts = val()?.split(',').map(String::from).collect(),
             other => bail!("unknown argument {other:?} (see bench/run.sh)"),
         }
@@ -435,11 +436,17 @@ fn watch_clean(ns: String, gone: Lease, barrier: Arc<Barrier>, bound: Duration) 
                 if !has_entries(&k, idx, &gone).await? {
                     return Ok(Some(Instant::now()));
                 }
-                let _ = tokio::time::timeout(Duration::from_millis(5), events.recv()).await;
+                let _ = tokio::time::timeout(poll_interval(), events.recv()).await;
             }
             Ok(None)
         })
     })
+}
+
+/// The removal watchers' fallback dump interval (they also dump on every netlink change event of
+/// their namespace): `WEFT_BENCH_POLL_MS`, default 5.
+fn poll_interval() -> Duration {
+    Duration::from_millis(std::env::var("WEFT_BENCH_POLL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5))
 }
 
 /// Deletes `host`'s lease (its agent stopped first, so nothing re-creates it) and returns the time
@@ -580,6 +587,7 @@ async fn convergence(cfg: &Cfg, want_footprint: bool) -> Result<(Value, Option<V
             "join_ms": join, "join_ms_median": median(&join), "join_ms_p90": quantile(&join, 0.9),
             "removal_ms": removal, "removal_ms_median": median(&removal), "removal_ms_p90": quantile(&removal, 0.9),
             "fresh_startup_ms": fresh_start, "took_s": t.elapsed().as_secs_f64(),
+            "removal_poll_ms": ms(poll_interval()),
         }));
     }
     Ok((Value::Array(rows), fp))
@@ -595,19 +603,29 @@ fn f(x: &Value, digits: usize) -> String {
     }
 }
 
+fn meta_line(meta: &Value) -> String {
+    format!(
+        "\nMeasured by `{}` on {} (commit {}) in {:.0} s; load average (1, 5, 15 min) {} before, {} after.\n\n",
+        meta["command"].as_str().unwrap_or(""),
+        meta["date"].as_str().unwrap_or(""),
+        meta["commit"].as_str().unwrap_or(""),
+        meta["took_s"].as_f64().unwrap_or(0.0),
+        meta["load_before"].as_str().unwrap_or(""),
+        meta["load_after"].as_str().unwrap_or("")
+    )
+}
+
 fn markdown(r: &Value) -> Vec<(&'static str, String)> {
     let mut blocks = Vec::new();
     let m = &r["machine"];
     let mut s = String::new();
     let cmd = r["command"].as_str().unwrap_or("");
+    let _ = cmd;
     s += &format!(
-        "Produced by `{cmd}` in {:.0} s. Machine: {} cores ({}), {} GiB, kernel {}, {}, commit {}. \
-         Load average (1/5/15 min) {} before, {} after: the machine is shared, so every comparison \
-         below is interleaved and reported as a median.\n\n",
-        r["took_s"].as_f64().unwrap_or(0.0),
+        "Machine: {} cores ({}), {} GiB, kernel {}. The machine is shared with other builds and tests \
+         (load averages below), so every comparison is interleaved and reported as a median; each \
+         section names the command, date, commit and load of its run.\n\n",
         m["nproc"], m["cpu"].as_str().unwrap_or(""), m["memory_gib"], m["kernel"].as_str().unwrap_or(""),
-        m["date"].as_str().unwrap_or(""), m["commit"].as_str().unwrap_or(""),
-        r["load_before"].as_str().unwrap_or(""), r["load_after"].as_str().unwrap_or("")
     );
     // Summary
     s += "| figure | weft | target | reference |\n|---|---|---|---|\n";
@@ -655,7 +673,7 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
             let c = |t: &str| format!("{} ({})", f(&dp["ratios"][t][key], 3), f(&dp["paired_ratios"][t][key], 3));
             s += &format!("| {label} | {} | {} | {} | {} |\n", c("tcp1"), c("tcp2"), c("udp64"), c("ping"));
         }
-        s += &format!("\nMeasured by `{}` at {}, commit {}, load average {} before and {} after.\n", dp["meta"]["command"].as_str().unwrap_or(""), dp["meta"]["date"].as_str().unwrap_or(""), dp["meta"]["commit"].as_str().unwrap_or(""), dp["meta"]["load_before"].as_str().unwrap_or(""), dp["meta"]["load_after"].as_str().unwrap_or(""));
+        s += &meta_line(&dp["meta"]);
         s += "\nSetups: *underlay* — iperf3 between the two hosts' underlay addresses; *hand VXLAN* — in a \
               second, agent-less lab, `flannel.1` made by hand with flannel's settings (`ip link add flannel.1 type vxlan id 1 \
               local <underlay IP> dev eth0 dstport 8472 nolearning`, MTU eth0 − 50, address `<subnet>.0/32`, \
@@ -679,6 +697,7 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
               lease is deleted from the store; a thread per remaining host, inside its namespace, watches netlink change \
               events and dumps the routes, neighbours and FDB entries of `flannel.1` at least every 5 ms; the figure is the \
               moment the last host has none left for the removed lease. Each added host is removed again before the next add.\n\n";
+        s += &meta_line(&rows.first().map(|r| r["meta"].clone()).unwrap_or_default());
         blocks.push(("weft-bench:convergence", std::mem::take(&mut s)));
     }
     if fp.is_object() {
@@ -696,6 +715,7 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
             list("rss_mb"), list("pss_mb"), f(&fp["idle_seconds"], 0), fp["idle_cpu_percent"].as_array().into_iter().flatten().map(|v| f(v, 2)).collect::<Vec<_>>().join(", "),
             f(&fp["binary_mb"], 1), list("startup_restart_ms"), f(&fp["startup_restart_ms_median"], 1)
         );
+        s += &meta_line(&fp["meta"]);
         blocks.push(("weft-bench:footprint", s));
     }
     blocks
