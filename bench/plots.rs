@@ -19,7 +19,8 @@ fn register_font() -> Result<()> {
         .find(|p| Path::new(p).exists())
         .ok_or_else(|| anyhow!("no DejaVuSans.ttf (apt-get install fonts-dejavu-core)"))?;
     let bytes: &'static [u8] = Box::leak(std::fs::read(path)?.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| anyhow!("{path}: not a usable font"))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow!("{path}: not a usable font"))?;
     Ok(())
 }
 
@@ -69,17 +70,31 @@ fn panel(
     for (i, v) in values.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         chart
-            .draw_series(Histogram::vertical(&chart).style(c.filled()).margin(6).data([(i as u32, *v)]))
+            .draw_series(
+                Histogram::vertical(&chart)
+                    .style(c.filled())
+                    .margin(6)
+                    .data([(i as u32, *v)]),
+            )
             .map_err(|e| anyhow!("{e}"))?;
-        let digits = if *v >= 100.0 { 0 } else if *v >= 1.0 { 2 } else { 3 };
+        let digits = if *v >= 100.0 {
+            0
+        } else if *v >= 1.0 {
+            2
+        } else {
+            3
+        };
         chart
             .draw_series(std::iter::once(Text::new(
                 format!("{v:.digits$}"),
                 (SegmentValue::CenterOf(i as u32), *v + max * 0.02),
-                ("sans-serif", 13).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
-                    plotters::style::text_anchor::HPos::Center,
-                    plotters::style::text_anchor::VPos::Bottom,
-                )),
+                ("sans-serif", 13)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Center,
+                        plotters::style::text_anchor::VPos::Bottom,
+                    )),
             )))
             .map_err(|e| anyhow!("{e}"))?;
     }
@@ -104,7 +119,12 @@ fn dataplane(dp: &Value, path: &Path) -> Result<()> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|s| (s["key"].as_str().unwrap_or("").to_string(), s["label"].as_str().unwrap_or("").to_string()))
+        .map(|s| {
+            (
+                s["key"].as_str().unwrap_or("").to_string(),
+                s["label"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect();
     let labels: Vec<String> = setups.iter().map(|s| s.1.clone()).collect();
     let panels = body.split_evenly((1, 4));
@@ -126,7 +146,10 @@ fn dataplane(dp: &Value, path: &Path) -> Result<()> {
     for (i, l) in labels.iter().enumerate() {
         let x = x0 + i as i32 * 320;
         legend
-            .draw(&Rectangle::new([(x, 10), (x + 22, 28)], COLORS[i % COLORS.len()].filled()))
+            .draw(&Rectangle::new(
+                [(x, 10), (x + 22, 28)],
+                COLORS[i % COLORS.len()].filled(),
+            ))
             .map_err(|e| anyhow!("{e}"))?;
         legend
             .draw(&Text::new(l.clone(), (x + 30, 11), ("sans-serif", 17)))
@@ -145,7 +168,10 @@ fn convergence(report: &Value, path: &Path) -> Result<()> {
             .collect()
     };
     let stores: Vec<String> = {
-        let mut s: Vec<String> = rows.iter().filter_map(|r| r["store"].as_str().map(String::from)).collect();
+        let mut s: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r["store"].as_str().map(String::from))
+            .collect();
         s.dedup();
         s
     };
@@ -159,7 +185,10 @@ fn convergence(report: &Value, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (1100, 650)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("weft convergence versus lab size (median, bars to p90)", ("sans-serif", 24))
+        .caption(
+            "weft convergence versus lab size (median, bars to p90)",
+            ("sans-serif", 24),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(65)
@@ -185,14 +214,24 @@ fn convergence(report: &Value, path: &Path) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?;
     let grey = RGBColor(150, 150, 150);
     chart
-        .draw_series(std::iter::once(Rectangle::new([(2.2, 100.0), (3.8, 220.0)], grey.mix(0.35).filled())))
+        .draw_series(std::iter::once(Rectangle::new(
+            [(2.2, 100.0), (3.8, 220.0)],
+            grey.mix(0.35).filled(),
+        )))
         .map_err(|e| anyhow!("{e}"))?
         .label("flannel v0.20.2, new host reachable, 3 hosts (100–220 ms)")
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], grey.mix(0.35).filled()));
-    let series = [("join_ms", "join: new host reachable by all", 1usize), ("removal_ms", "removal: lease gone from every host", 2)];
+    let series = [
+        ("join_ms", "join: new host reachable by all", 1usize),
+        ("removal_ms", "removal: lease gone from every host", 2),
+    ];
     for (si, store) in stores.iter().enumerate() {
         for (key, label, ci) in series {
-            let c = if si == 0 { COLORS[ci] } else { COLORS[(ci + 2) % COLORS.len()] };
+            let c = if si == 0 {
+                COLORS[ci]
+            } else {
+                COLORS[(ci + 2) % COLORS.len()]
+            };
             let med = pts(store, &format!("{key}_median"));
             let p90 = pts(store, &format!("{key}_p90"));
             chart
@@ -204,11 +243,19 @@ fn convergence(report: &Value, path: &Path) -> Result<()> {
                 .draw_series(med.iter().map(|p| Circle::new(*p, 5, c.filled())))
                 .map_err(|e| anyhow!("{e}"))?;
             chart
-                .draw_series(med.iter().zip(&p90).map(|(m, q)| PathElement::new([*m, (m.0, q.1)], c.stroke_width(2))))
+                .draw_series(
+                    med.iter()
+                        .zip(&p90)
+                        .map(|(m, q)| PathElement::new([*m, (m.0, q.1)], c.stroke_width(2))),
+                )
                 .map_err(|e| anyhow!("{e}"))?;
             chart
                 .draw_series(med.iter().map(|p| {
-                    Text::new(format!("{:.0}", p.1), (p.0 + 0.6, p.1 + ymax * 0.01), ("sans-serif", 14).into_font().color(&c))
+                    Text::new(
+                        format!("{:.0}", p.1),
+                        (p.0 + 0.6, p.1 + ymax * 0.01),
+                        ("sans-serif", 14).into_font().color(&c),
+                    )
                 }))
                 .map_err(|e| anyhow!("{e}"))?;
         }

@@ -51,7 +51,11 @@ fn parse_args() -> Result<Cfg> {
     let quick = args.iter().any(|a| a == "--quick");
     let mut cfg = Cfg {
         quick,
-        out: if quick { "target/bench-quick".into() } else { "docs".into() },
+        out: if quick {
+            "target/bench-quick".into()
+        } else {
+            "docs".into()
+        },
         weft_bin: "target/release/weft".into(),
         rounds: if quick { 1 } else { 5 },
         secs: if quick { 2 } else { 5 },
@@ -59,9 +63,8 @@ fn parse_args() -> Result<Cfg> {
         sizes: if quick { vec![3, 10] } else { vec![3, 10, 30, 50] },
         adds: if quick { 3 } else { 7 },
         parts: vec!["dataplane".into(), "convergence".into(), "footprint".into()],
-        command: std::env::var("WEFT_BENCH_COMMAND").unwrap_or_else(|_| {
-            format!("sudo bench/run.sh{}", if quick { " --quick" } else { "" })
-        }),
+        command: std::env::var("WEFT_BENCH_COMMAND")
+            .unwrap_or_else(|_| format!("sudo bench/run.sh{}", if quick { " --quick" } else { "" })),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -93,7 +96,11 @@ fn sh(argv: &[&str]) -> Result<String> {
         .output()
         .with_context(|| argv.join(" "))?;
     if !out.status.success() {
-        bail!("`{}` failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{}` failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -137,10 +144,20 @@ fn machine() -> Value {
         .unwrap_or(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let commit = sh(&["git", "rev-parse", "--short", "HEAD"]).unwrap_or_default().trim().to_string();
-    let dirty = !sh(&["git", "status", "--porcelain", "--untracked-files=no"]).unwrap_or_default().trim().is_empty();
+    let commit = sh(&["git", "rev-parse", "--short", "HEAD"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let dirty = !sh(&["git", "status", "--porcelain", "--untracked-files=no"])
+        .unwrap_or_default()
+        .trim()
+        .is_empty();
     json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": cpu,
@@ -177,8 +194,36 @@ fn configure_hand_vxlan(hand: &Lab) -> Result<Vec<Ipv4Addr>> {
         let link: Value = serde_json::from_str(&sh(&["ip", "-n", &ns, "-j", "link", "show", "eth0"])?)?;
         let mtu = link[0]["mtu"].as_u64().unwrap_or(1500) - 50;
         let addr = format!("10.0.{}.0/32", i + 1);
-        sh(&["ip", "-n", &ns, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", &ip.to_string(), "dev", "eth0", "dstport", "8472", "nolearning"])?;
-        sh(&["ip", "-n", &ns, "link", "set", "flannel.1", "mtu", &mtu.to_string(), "up"])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &ip.to_string(),
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "set",
+            "flannel.1",
+            "mtu",
+            &mtu.to_string(),
+            "up",
+        ])?;
         sh(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "flannel.1"])?;
         let dev: Value = serde_json::from_str(&sh(&["ip", "-n", &ns, "-j", "link", "show", "flannel.1"])?)?;
         macs.push(dev[0]["address"].as_str().unwrap_or_default().to_string());
@@ -189,9 +234,47 @@ fn configure_hand_vxlan(hand: &Lab) -> Result<Vec<Ipv4Addr>> {
         let j = 1 - i;
         let gw = format!("10.0.{}.0", j + 1);
         let net = format!("10.0.{}.0/24", j + 1);
-        sh(&["ip", "-n", &ns, "neigh", "replace", &gw, "lladdr", &macs[j], "dev", "flannel.1", "nud", "permanent"])?;
-        sh(&["bridge", "-n", &ns, "fdb", "append", &macs[j], "dev", "flannel.1", "dst", &ips[j].to_string(), "self", "permanent"])?;
-        sh(&["ip", "-n", &ns, "route", "replace", &net, "via", &gw, "dev", "flannel.1", "onlink"])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            &macs[j],
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ])?;
+        sh(&[
+            "bridge",
+            "-n",
+            &ns,
+            "fdb",
+            "append",
+            &macs[j],
+            "dev",
+            "flannel.1",
+            "dst",
+            &ips[j].to_string(),
+            "self",
+            "permanent",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "replace",
+            &net,
+            "via",
+            &gw,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ])?;
     }
     Ok(vec!["10.0.1.0".parse()?, "10.0.2.0".parse()?])
 }
@@ -212,7 +295,24 @@ fn iperf(ns: &str, dst: Ipv4Addr, test: &str, secs: u32) -> Result<(f64, Value)>
     let t = secs.to_string();
     let bound = (secs + 20).to_string();
     let dst = dst.to_string();
-    let mut argv = vec!["timeout", &bound, "ip", "netns", "exec", ns, "iperf3", "-c", &dst, "-p", "5201", "-t", &t, "-J", "--connect-timeout", "3000"];
+    let mut argv = vec![
+        "timeout",
+        &bound,
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "iperf3",
+        "-c",
+        &dst,
+        "-p",
+        "5201",
+        "-t",
+        &t,
+        "-J",
+        "--connect-timeout",
+        "3000",
+    ];
     match test {
         "tcp1" => {}
         "tcp2" => argv.extend(["-P", "2"]),
@@ -235,7 +335,10 @@ fn iperf(ns: &str, dst: Ipv4Addr, test: &str, secs: u32) -> Result<(f64, Value)>
             let packets = s["packets"].as_f64().unwrap_or(0.0);
             let lost = s["lost_packets"].as_f64().unwrap_or(0.0);
             let secs = s["seconds"].as_f64().unwrap_or(1.0).max(0.001);
-            ((packets - lost) / secs, json!({"sent": packets, "lost": lost, "seconds": secs, "cpu": cpu}))
+            (
+                (packets - lost) / secs,
+                json!({"sent": packets, "lost": lost, "seconds": secs, "cpu": cpu}),
+            )
         } else {
             let bps = end["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
             let retr = end["sum_sent"]["retransmits"].clone();
@@ -247,7 +350,23 @@ fn iperf(ns: &str, dst: Ipv4Addr, test: &str, secs: u32) -> Result<(f64, Value)>
 
 /// Median RTT (ms) of `count` pings 10 ms apart.
 fn ping_rtt(ns: &str, dst: Ipv4Addr, count: u32) -> Result<(f64, Value)> {
-    let out = sh(&["timeout", "60", "ip", "netns", "exec", ns, "ping", "-n", "-c", &count.to_string(), "-i", "0.01", "-W", "1", &dst.to_string()])?;
+    let out = sh(&[
+        "timeout",
+        "60",
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "ping",
+        "-n",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.01",
+        "-W",
+        "1",
+        &dst.to_string(),
+    ])?;
     let rtts: Vec<f64> = out
         .lines()
         .filter_map(|l| l.split("time=").nth(1)?.split_whitespace().next()?.parse().ok())
@@ -255,12 +374,20 @@ fn ping_rtt(ns: &str, dst: Ipv4Addr, count: u32) -> Result<(f64, Value)> {
     if rtts.is_empty() {
         bail!("no ping answers {ns} -> {dst}");
     }
-    Ok((median(&rtts), json!({"answered": rtts.len(), "sent": count, "p90": quantile(&rtts, 0.9)})))
+    Ok((
+        median(&rtts),
+        json!({"answered": rtts.len(), "sent": count, "p90": quantile(&rtts, 0.9)}),
+    ))
 }
 
 fn device_facts(ns: &str) -> Value {
     let offload = sh(&["ip", "netns", "exec", ns, "ethtool", "-k", "flannel.1"]).unwrap_or_default();
-    let pick = |k: &str| offload.lines().find(|l| l.trim_start().starts_with(k)).map(|l| l.trim().to_string());
+    let pick = |k: &str| {
+        offload
+            .lines()
+            .find(|l| l.trim_start().starts_with(k))
+            .map(|l| l.trim().to_string())
+    };
     let link = sh(&["ip", "-n", ns, "-d", "link", "show", "flannel.1"]).unwrap_or_default();
     let nft = sh(&["ip", "netns", "exec", ns, "nft", "list", "ruleset"]).unwrap_or_default();
     json!({
@@ -275,17 +402,47 @@ fn device_facts(ns: &str) -> Value {
 async fn dataplane(cfg: &Cfg) -> Result<Value> {
     let t_start = Instant::now();
     let hand = Lab::up(LabOptions::topology_only(LAB_HAND, 2).weft_bin(&cfg.weft_bin)).await?;
-    let wopts = |name: &str| LabOptions::new(name, 2).weft_bin(&cfg.weft_bin).wait(Some(Duration::from_secs(60)));
+    let wopts = |name: &str| {
+        LabOptions::new(name, 2)
+            .weft_bin(&cfg.weft_bin)
+            .wait(Some(Duration::from_secs(60)))
+    };
     let weft = Lab::up(wopts(LAB_WEFT)).await?;
     let nofilter = Lab::up(wopts(LAB_NOFILTER).agent_arg("--vxlan-peer-filter=false")).await?;
     let hand_ips = configure_hand_vxlan(&hand)?;
-    let weft_dst = weft.overlay_ip("h2").await?.ok_or_else(|| anyhow!("no lease for h2 in {LAB_WEFT}"))?;
-    let nofilter_dst = nofilter.overlay_ip("h2").await?.ok_or_else(|| anyhow!("no lease for h2 in {LAB_NOFILTER}"))?;
+    let weft_dst = weft
+        .overlay_ip("h2")
+        .await?
+        .ok_or_else(|| anyhow!("no lease for h2 in {LAB_WEFT}"))?;
+    let nofilter_dst = nofilter
+        .overlay_ip("h2")
+        .await?
+        .ok_or_else(|| anyhow!("no lease for h2 in {LAB_NOFILTER}"))?;
     let setups = vec![
-        Setup { key: "underlay", label: "underlay", ns_from: hand.namespace("h1")?.into(), dst: hand.underlay_ip("h2")? },
-        Setup { key: "hand", label: "hand VXLAN", ns_from: hand.namespace("h1")?.into(), dst: hand_ips[1] },
-        Setup { key: "weft", label: "weft", ns_from: weft.namespace("h1")?.into(), dst: weft_dst },
-        Setup { key: "weft_nofilter", label: "weft, no peer filter", ns_from: nofilter.namespace("h1")?.into(), dst: nofilter_dst },
+        Setup {
+            key: "underlay",
+            label: "underlay",
+            ns_from: hand.namespace("h1")?.into(),
+            dst: hand.underlay_ip("h2")?,
+        },
+        Setup {
+            key: "hand",
+            label: "hand VXLAN",
+            ns_from: hand.namespace("h1")?.into(),
+            dst: hand_ips[1],
+        },
+        Setup {
+            key: "weft",
+            label: "weft",
+            ns_from: weft.namespace("h1")?.into(),
+            dst: weft_dst,
+        },
+        Setup {
+            key: "weft_nofilter",
+            label: "weft, no peer filter",
+            ns_from: nofilter.namespace("h1")?.into(),
+            dst: nofilter_dst,
+        },
     ];
     for s in &setups {
         if !weft::lab::probe::reach(&s.ns_from, s.dst, Duration::from_secs(3))? {
@@ -402,13 +559,21 @@ async fn has_entries(k: &Kernel, idx: u32, gone: &Lease) -> Result<bool> {
     if k.neighs(idx).await?.iter().any(|n| n.ip == gone.subnet.network()) {
         return Ok(true);
     }
-    Ok(k.fdbs(idx).await?.iter().any(|f| f.mac == gone.vtep_mac || f.dst == gone.public_ip))
+    Ok(k.fdbs(idx)
+        .await?
+        .iter()
+        .any(|f| f.mac == gone.vtep_mac || f.dst == gone.public_ip))
 }
 
 /// Per remaining host, on a thread of its own inside the host's namespace: waits at the barrier,
 /// then watches the host's kernel (netlink change events, plus a dump at least every 5 ms) until
 /// it has nothing left for `gone`; returns the instant it was first clean.
-fn watch_clean(ns: String, gone: Lease, barrier: Arc<Barrier>, bound: Duration) -> std::thread::JoinHandle<Result<Option<Instant>>> {
+fn watch_clean(
+    ns: String,
+    gone: Lease,
+    barrier: Arc<Barrier>,
+    bound: Duration,
+) -> std::thread::JoinHandle<Result<Option<Instant>>> {
     std::thread::spawn(move || {
         // Whatever happens, pass the barrier once, or the caller waits for ever.
         let prep = (|| {
@@ -418,7 +583,11 @@ fn watch_clean(ns: String, gone: Lease, barrier: Arc<Barrier>, bound: Duration) 
             let (events, k, idx, present) = rt.block_on(async {
                 let mut events = weft::kernel::monitor()?;
                 let k = Kernel::connect().await?;
-                let idx = k.link_by_name("flannel.1").await?.ok_or_else(|| anyhow!("no flannel.1 in {ns}"))?.index;
+                let idx = k
+                    .link_by_name("flannel.1")
+                    .await?
+                    .ok_or_else(|| anyhow!("no flannel.1 in {ns}"))?
+                    .index;
                 let present = has_entries(&k, idx, &gone).await?;
                 while events.try_recv().is_ok() {}
                 Ok::<_, anyhow::Error>((events, k, idx, present))
@@ -446,20 +615,35 @@ fn watch_clean(ns: String, gone: Lease, barrier: Arc<Barrier>, bound: Duration) 
 /// The removal watchers' fallback dump interval (they also dump on every netlink change event of
 /// their namespace): `WEFT_BENCH_POLL_MS`, default 5.
 fn poll_interval() -> Duration {
-    Duration::from_millis(std::env::var("WEFT_BENCH_POLL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5))
+    Duration::from_millis(
+        std::env::var("WEFT_BENCH_POLL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5),
+    )
 }
 
 /// Deletes `host`'s lease (its agent stopped first, so nothing re-creates it) and returns the time
 /// until no other host has a route, neighbour or FDB entry for it.
 async fn measure_removal(lab: &mut LabGuard, host: &str) -> Result<Duration> {
     let leases = lab.leases().await?;
-    let gone = leases.get(host).cloned().ok_or_else(|| anyhow!("no lease for {host}"))?;
+    let gone = leases
+        .get(host)
+        .cloned()
+        .ok_or_else(|| anyhow!("no lease for {host}"))?;
     lab.kill_agent(host, Signal::SIGTERM)?;
     let others: Vec<String> = lab.host_names().into_iter().filter(|h| h != host).collect();
     let barrier = Arc::new(Barrier::new(others.len() + 1));
     let watchers: Vec<_> = others
         .iter()
-        .map(|h| Ok(watch_clean(lab.namespace(h)?.to_string(), gone.clone(), barrier.clone(), Duration::from_secs(20))))
+        .map(|h| {
+            Ok(watch_clean(
+                lab.namespace(h)?.to_string(),
+                gone.clone(),
+                barrier.clone(),
+                Duration::from_secs(20),
+            ))
+        })
         .collect::<Result<_>>()?;
     let b = barrier.clone();
     tokio::task::spawn_blocking(move || b.wait()).await?;
@@ -467,7 +651,13 @@ async fn measure_removal(lab: &mut LabGuard, host: &str) -> Result<Duration> {
     let key = lease_key(lab.prefix(), gone.subnet);
     let t0 = Instant::now();
     store.delete(&key).await?;
-    let results = tokio::task::spawn_blocking(move || watchers.into_iter().map(|w| w.join().map_err(|_| anyhow!("watcher panicked"))?).collect::<Vec<_>>()).await?;
+    let results = tokio::task::spawn_blocking(move || {
+        watchers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| anyhow!("watcher panicked"))?)
+            .collect::<Vec<_>>()
+    })
+    .await?;
     let mut last = t0;
     for r in results {
         match r? {
@@ -514,12 +704,23 @@ async fn footprint(cfg: &Cfg, lab: &mut LabGuard) -> Result<Value> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hosts = lab.host_names();
     let pids: Vec<u32> = hosts.iter().filter_map(|h| lab.agent_pid(h)).collect();
-    let rss: Vec<f64> = pids.iter().filter_map(|p| proc_kb(*p, "status", "VmRSS:")).map(|k| k / 1024.0).collect();
-    let pss: Vec<f64> = pids.iter().filter_map(|p| proc_kb(*p, "smaps_rollup", "Pss:")).map(|k| k / 1024.0).collect();
+    let rss: Vec<f64> = pids
+        .iter()
+        .filter_map(|p| proc_kb(*p, "status", "VmRSS:"))
+        .map(|k| k / 1024.0)
+        .collect();
+    let pss: Vec<f64> = pids
+        .iter()
+        .filter_map(|p| proc_kb(*p, "smaps_rollup", "Pss:"))
+        .map(|k| k / 1024.0)
+        .collect();
     let idle_s = if cfg.quick { 3.0 } else { 10.0 };
     let t0: Vec<Option<f64>> = pids.iter().map(|p| cpu_ticks(*p)).collect();
     tokio::time::sleep(Duration::from_secs_f64(idle_s)).await;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
     let idle: Vec<f64> = pids
         .iter()
         .zip(&t0)
@@ -536,8 +737,12 @@ async fn footprint(cfg: &Cfg, lab: &mut LabGuard) -> Result<Value> {
         let w = wait_file(file, Duration::from_secs(10));
         lab.start_agent(&host).await?;
         let t0 = lab.agent_started_at(&host).ok_or_else(|| anyhow!("no start time"))?;
-        let seen = tokio::task::spawn_blocking(move || w.join()).await?.map_err(|_| anyhow!("poller panicked"))?;
-        restart.push(ms(seen.ok_or_else(|| anyhow!("subnet.env not written in 10 s"))?.saturating_duration_since(t0)));
+        let seen = tokio::task::spawn_blocking(move || w.join())
+            .await?
+            .map_err(|_| anyhow!("poller panicked"))?;
+        restart.push(ms(seen
+            .ok_or_else(|| anyhow!("subnet.env not written in 10 s"))?
+            .saturating_duration_since(t0)));
         lab.wait_converged(Duration::from_secs(20)).await?;
     }
     let size = std::fs::metadata(&cfg.weft_bin)?.len() as f64 / 1048576.0;
@@ -558,7 +763,12 @@ async fn convergence(cfg: &Cfg, want_footprint: bool) -> Result<(Value, Option<V
     for &n in &cfg.sizes {
         let t = Instant::now();
         eprintln!("convergence: {n}-host lab");
-        let mut lab = Lab::up(LabOptions::new(LAB_CONV, n).weft_bin(&cfg.weft_bin).wait(Some(Duration::from_secs(180)))).await?;
+        let mut lab = Lab::up(
+            LabOptions::new(LAB_CONV, n)
+                .weft_bin(&cfg.weft_bin)
+                .wait(Some(Duration::from_secs(180))),
+        )
+        .await?;
         let up_s = lab.converged_in().map(|d| d.as_secs_f64());
         if n == 3 && want_footprint {
             fp = Some(footprint(cfg, &mut lab).await?);
@@ -625,7 +835,10 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
         "Machine: {} cores ({}), {} GiB, kernel {}. The machine is shared with other builds and tests \
          (load averages below), so every comparison is interleaved and reported as a median; each \
          section names the command, date, commit and load of its run.\n\n",
-        m["nproc"], m["cpu"].as_str().unwrap_or(""), m["memory_gib"], m["kernel"].as_str().unwrap_or(""),
+        m["nproc"],
+        m["cpu"].as_str().unwrap_or(""),
+        m["memory_gib"],
+        m["kernel"].as_str().unwrap_or(""),
     );
     // Summary
     s += "| figure | weft | target | reference |\n|---|---|---|---|\n";
@@ -633,24 +846,54 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
     if dp.is_object() {
         let rt = &dp["ratios"];
         s += &format!("| data plane, TCP 1 stream, weft ÷ hand-configured VXLAN (median of per-round ratios {}) | **{}** | ≥ 0.97 | hand VXLAN ÷ underlay {} (anchor ≈ 0.87) |\n", f(&dp["paired_ratios"]["tcp1"]["weft_over_hand"], 3), f(&rt["tcp1"]["weft_over_hand"], 3), f(&rt["tcp1"]["hand_over_underlay"], 3));
-        s += &format!("| data plane, TCP 2 streams, weft ÷ hand VXLAN | **{}** | ≥ 0.97 | hand ÷ underlay {} |\n", f(&rt["tcp2"]["weft_over_hand"], 3), f(&rt["tcp2"]["hand_over_underlay"], 3));
-        s += &format!("| data plane, UDP 64 B packets/s, weft ÷ hand VXLAN | **{}** | ≥ 0.97 | hand ÷ underlay {} |\n", f(&rt["udp64"]["weft_over_hand"], 3), f(&rt["udp64"]["hand_over_underlay"], 3));
-        s += &format!("| ping RTT, weft ÷ hand VXLAN (lower is better) | **{}** | | hand ÷ underlay {} |\n", f(&rt["ping"]["weft_over_hand"], 3), f(&rt["ping"]["hand_over_underlay"], 3));
+        s += &format!(
+            "| data plane, TCP 2 streams, weft ÷ hand VXLAN | **{}** | ≥ 0.97 | hand ÷ underlay {} |\n",
+            f(&rt["tcp2"]["weft_over_hand"], 3),
+            f(&rt["tcp2"]["hand_over_underlay"], 3)
+        );
+        s += &format!(
+            "| data plane, UDP 64 B packets/s, weft ÷ hand VXLAN | **{}** | ≥ 0.97 | hand ÷ underlay {} |\n",
+            f(&rt["udp64"]["weft_over_hand"], 3),
+            f(&rt["udp64"]["hand_over_underlay"], 3)
+        );
+        s += &format!(
+            "| ping RTT, weft ÷ hand VXLAN (lower is better) | **{}** | | hand ÷ underlay {} |\n",
+            f(&rt["ping"]["weft_over_hand"], 3),
+            f(&rt["ping"]["hand_over_underlay"], 3)
+        );
     }
     if let Some(rows) = r["convergence"].as_array() {
         for row in rows {
             let n = row["hosts"].as_u64().unwrap_or(0);
-            let target = match n { 3 => "≤ 50 ms", 50 => "≤ 250 ms", _ => "" };
+            let target = match n {
+                3 => "≤ 50 ms",
+                50 => "≤ 250 ms",
+                _ => "",
+            };
             let reference = if n == 3 { "flannel v0.20.2: 100–220 ms" } else { "" };
-            s += &format!("| new host reachable by all, {n} hosts ({}), median | **{} ms** (p90 {}) | {target} | {reference} |\n", row["store"].as_str().unwrap_or(""), f(&row["join_ms_median"], 1), f(&row["join_ms_p90"], 1));
-            s += &format!("| removed lease gone from every host, {n} hosts ({}), median | **{} ms** (p90 {}) | {target} | |\n", row["store"].as_str().unwrap_or(""), f(&row["removal_ms_median"], 1), f(&row["removal_ms_p90"], 1));
+            s += &format!(
+                "| new host reachable by all, {n} hosts ({}), median | **{} ms** (p90 {}) | {target} | {reference} |\n",
+                row["store"].as_str().unwrap_or(""),
+                f(&row["join_ms_median"], 1),
+                f(&row["join_ms_p90"], 1)
+            );
+            s += &format!(
+                "| removed lease gone from every host, {n} hosts ({}), median | **{} ms** (p90 {}) | {target} | |\n",
+                row["store"].as_str().unwrap_or(""),
+                f(&row["removal_ms_median"], 1),
+                f(&row["removal_ms_p90"], 1)
+            );
         }
     }
     s += "| control plane at 10,000 hosts (part 3) | see [its section](#3-control-plane-at-10000-hosts) | | |\n";
     let fp = &r["footprint"];
     if fp.is_object() {
         s += &format!("| agent resident memory, 3-host lab (largest of 3) | **{} MB** (PSS {} MB) | ≤ 10 MB | flannel v0.20.2 ≈ 43 MB |\n", f(&fp["rss_mb_max"], 1), f(&fp["pss_mb_max"], 1));
-        s += &format!("| agent start to `subnet.env` written (restart, median of {}) | **{} ms** | | |\n", fp["startup_restart_ms"].as_array().map_or(0, Vec::len), f(&fp["startup_restart_ms_median"], 1));
+        s += &format!(
+            "| agent start to `subnet.env` written (restart, median of {}) | **{} ms** | | |\n",
+            fp["startup_restart_ms"].as_array().map_or(0, Vec::len),
+            f(&fp["startup_restart_ms_median"], 1)
+        );
         s += &format!("| binary size (stripped, LTO) | {} MB | | |\n", f(&fp["binary_mb"], 1));
     }
     s += "| lease contention, 50 agents at once against etcd (part 5) | see [its section](#5-lease-contention-etcd) | ≤ 3 s | |\n\n";
@@ -666,12 +909,39 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
         for st in dp["setups"].as_array().into_iter().flatten() {
             let k = st["key"].as_str().unwrap_or("");
             let md = &dp["medians"][k];
-            s += &format!("| {} | {} | {} | {} | {} |\n", st["label"].as_str().unwrap_or(""), f(&md["tcp1"], 2), f(&md["tcp2"], 2), f(&json!(md["udp64"].as_f64().unwrap_or(f64::NAN) / 1000.0), 0), f(&md["ping"], 3));
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                st["label"].as_str().unwrap_or(""),
+                f(&md["tcp1"], 2),
+                f(&md["tcp2"], 2),
+                f(&json!(md["udp64"].as_f64().unwrap_or(f64::NAN) / 1000.0), 0),
+                f(&md["ping"], 3)
+            );
         }
         s += "\nRatios: of the medians, and in brackets the median of the per-round ratios (each pair measured one right after the other):\n\n| ratio | TCP 1 | TCP 2 | UDP 64 B | ping RTT |\n|---|---|---|---|---|\n";
-        for (key, label) in [("hand_over_underlay", "hand VXLAN ÷ underlay"), ("weft_over_hand", "**weft ÷ hand VXLAN**"), ("weft_nofilter_over_hand", "weft without peer filter ÷ hand"), ("weft_over_weft_nofilter", "weft ÷ weft without peer filter (cost of the nft table)")] {
-            let c = |t: &str| format!("{} ({})", f(&dp["ratios"][t][key], 3), f(&dp["paired_ratios"][t][key], 3));
-            s += &format!("| {label} | {} | {} | {} | {} |\n", c("tcp1"), c("tcp2"), c("udp64"), c("ping"));
+        for (key, label) in [
+            ("hand_over_underlay", "hand VXLAN ÷ underlay"),
+            ("weft_over_hand", "**weft ÷ hand VXLAN**"),
+            ("weft_nofilter_over_hand", "weft without peer filter ÷ hand"),
+            (
+                "weft_over_weft_nofilter",
+                "weft ÷ weft without peer filter (cost of the nft table)",
+            ),
+        ] {
+            let c = |t: &str| {
+                format!(
+                    "{} ({})",
+                    f(&dp["ratios"][t][key], 3),
+                    f(&dp["paired_ratios"][t][key], 3)
+                )
+            };
+            s += &format!(
+                "| {label} | {} | {} | {} | {} |\n",
+                c("tcp1"),
+                c("tcp2"),
+                c("udp64"),
+                c("ping")
+            );
         }
         s += &meta_line(&dp["meta"]);
         s += "\nSetups: *underlay* — iperf3 between the two hosts' underlay addresses; *hand VXLAN* — in a \
@@ -687,8 +957,24 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
         s += "![convergence](bench-convergence.png)\n\n\
               | hosts | store | join median ms | join p90 ms | removal median ms | removal p90 ms | samples | new agent start → subnet.env, median ms | lab up, all pairs reach each other, s |\n|---|---|---|---|---|---|---|---|---|\n";
         for row in rows {
-            let fresh: Vec<f64> = row["fresh_startup_ms"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
-            s += &format!("| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", row["hosts"], row["store"].as_str().unwrap_or(""), f(&row["join_ms_median"], 1), f(&row["join_ms_p90"], 1), f(&row["removal_ms_median"], 1), f(&row["removal_ms_p90"], 1), row["join_ms"].as_array().map_or(0, Vec::len), f(&json!(median(&fresh)), 1), f(&row["up_converged_s"], 2));
+            let fresh: Vec<f64> = row["fresh_startup_ms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .collect();
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                row["hosts"],
+                row["store"].as_str().unwrap_or(""),
+                f(&row["join_ms_median"], 1),
+                f(&row["join_ms_p90"], 1),
+                f(&row["removal_ms_median"], 1),
+                f(&row["removal_ms_p90"], 1),
+                row["join_ms"].as_array().map_or(0, Vec::len),
+                f(&json!(median(&fresh)), 1),
+                f(&row["up_converged_s"], 2)
+            );
         }
         s += "\n*Join*: `Lab::add_host` starts a new host's agent and, from that instant, every other host pings the new \
               host's overlay address every ≤ 5 ms with the lab's in-process ICMP prober; the figure is the moment the last \
@@ -701,7 +987,15 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
         blocks.push(("weft-bench:convergence", std::mem::take(&mut s)));
     }
     if fp.is_object() {
-        let list = |k: &str| fp[k].as_array().into_iter().flatten().map(|v| f(v, 1)).collect::<Vec<_>>().join(", ");
+        let list = |k: &str| {
+            fp[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| f(v, 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         s += &format!(
             "| figure | value |\n|---|---|\n\
              | resident memory (RSS) per agent, 3-host lab, after joining | {} MB |\n\
@@ -750,7 +1044,10 @@ async fn main() -> Result<()> {
     let t0 = Instant::now();
     let load_before = loadavg();
     let machine = machine();
-    eprintln!("weft-bench: {} (load {load_before})", if cfg.quick { "quick" } else { "full" });
+    eprintln!(
+        "weft-bench: {} (load {load_before})",
+        if cfg.quick { "quick" } else { "full" }
+    );
     let has = |p: &str| cfg.parts.iter().any(|x| x == p);
     let dp = if has("dataplane") {
         eprintln!("data plane: {} rounds × {} s", cfg.rounds, cfg.secs);
@@ -760,9 +1057,16 @@ async fn main() -> Result<()> {
     };
     let (conv, fp) = if has("convergence") || has("footprint") {
         let sizes = if has("convergence") { cfg.sizes.clone() } else { vec![3] };
-        let c = Cfg { sizes, adds: if has("convergence") { cfg.adds } else { 0 }, ..cfg.clone() };
+        let c = Cfg {
+            sizes,
+            adds: if has("convergence") { cfg.adds } else { 0 },
+            ..cfg.clone()
+        };
         let (rows, fp) = convergence(&c, has("footprint")).await?;
-        (if has("convergence") { rows } else { Value::Null }, fp.unwrap_or(Value::Null))
+        (
+            if has("convergence") { rows } else { Value::Null },
+            fp.unwrap_or(Value::Null),
+        )
     } else {
         (Value::Null, Value::Null)
     };
@@ -798,13 +1102,20 @@ async fn main() -> Result<()> {
         "convergence": conv,
         "footprint": fp,
     });
-    std::fs::write(cfg.out.join("benchmarks.json"), serde_json::to_string_pretty(&report)? + "\n")?;
+    std::fs::write(
+        cfg.out.join("benchmarks.json"),
+        serde_json::to_string_pretty(&report)? + "\n",
+    )?;
     let blocks = markdown(&report);
     for (name, body) in &blocks {
         splice(&cfg.out.join("benchmarks.md"), name, body)?;
         println!("{body}");
     }
     plots::plots(&report, &cfg.out)?;
-    eprintln!("weft-bench: wrote {}/benchmarks.{{md,json}}, bench-*.png in {:.0} s", cfg.out.display(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "weft-bench: wrote {}/benchmarks.{{md,json}}, bench-*.png in {:.0} s",
+        cfg.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
