@@ -1092,12 +1092,18 @@ async fn main() -> Result<()> {
         .unwrap_or(Value::Null);
     let keep = |v: Value, k: &str| if v.is_null() { old[k].clone() } else { v };
     let (dp, conv, fp) = (keep(dp, "dataplane"), keep(conv, "convergence"), keep(fp, "footprint"));
+    // Rewriting the docs only: the run's own fields stay those of the last measuring run.
+    let (machine, load_before, command, took) = if cfg.parts.is_empty() && old.is_object() {
+        (old["machine"].clone(), old["load_before"].clone(), old["command"].clone(), old["took_s"].clone())
+    } else {
+        (machine, json!(load_before), json!(cfg.command), json!(t0.elapsed().as_secs_f64()))
+    };
     let report = json!({
-        "command": cfg.command,
+        "command": command,
         "machine": machine,
         "load_before": load_before,
-        "load_after": loadavg(),
-        "took_s": t0.elapsed().as_secs_f64(),
+        "load_after": if cfg.parts.is_empty() { old["load_after"].clone() } else { json!(loadavg()) },
+        "took_s": took,
         "dataplane": dp,
         "convergence": conv,
         "footprint": fp,
