@@ -1094,9 +1094,19 @@ async fn main() -> Result<()> {
     let (dp, conv, fp) = (keep(dp, "dataplane"), keep(conv, "convergence"), keep(fp, "footprint"));
     // Rewriting the docs only: the run's own fields stay those of the last measuring run.
     let (machine, load_before, command, took) = if cfg.parts.is_empty() && old.is_object() {
-        (old["machine"].clone(), old["load_before"].clone(), old["command"].clone(), old["took_s"].clone())
+        (
+            old["machine"].clone(),
+            old["load_before"].clone(),
+            old["command"].clone(),
+            old["took_s"].clone(),
+        )
     } else {
-        (machine, json!(load_before), json!(cfg.command), json!(t0.elapsed().as_secs_f64()))
+        (
+            machine,
+            json!(load_before),
+            json!(cfg.command),
+            json!(t0.elapsed().as_secs_f64()),
+        )
     };
     let report = json!({
         "command": command,
