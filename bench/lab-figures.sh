@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue-2 figures in the 3-host lab: time from a new host's agent start until every peer can ping
-# it (median of ROUNDS `weft lab add`s), agent memory after joining, idle CPU. Writes
-# docs/benchmarks.md. Usage: sudo bench/lab-figures.sh [ROUNDS]   (default 15)
+# it (median of ROUNDS `weft lab add`s), agent memory after joining, idle CPU. Rewrites its block
+# (between the lab-figures markers) of docs/benchmarks.md; the full suite is bench/run.sh. Usage: sudo bench/lab-figures.sh [ROUNDS]   (default 15)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-15}
@@ -55,9 +55,8 @@ pss_mb=$(awk -v k=$(max_of "${pss[@]}") 'BEGIN{printf "%.1f", k / 1024}')
 size_mb=$(awk -v b=$(stat -c %s $weft) 'BEGIN{printf "%.1f", b / 1048576}')
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-cat >docs/benchmarks.md <<MD
-# Benchmarks
-
+block=$(mktemp)
+cat >"$block" <<MD
 Figures from \`sudo bench/lab-figures.sh $rounds\` (release build). Machine: $(nproc) cores,
 kernel $(uname -r), $(date -u +%Y-%m-%d), commit $commit. The lab is the default 3-host lab
 (veth underlay through a router namespace, embedded SQLite store).
@@ -77,4 +76,12 @@ the new host programming its peers.
 
 Raw convergence samples (ms): ${times[*]}
 MD
-cat docs/benchmarks.md
+# Replace only the text between the markers; the other sections belong to other commands.
+awk -v block="$block" '
+    /<!-- lab-figures:begin -->/ { print; while ((getline l < block) > 0) print l; skip = 1; next }
+    /<!-- lab-figures:end -->/ { skip = 0 }
+    !skip' docs/benchmarks.md >docs/benchmarks.md.new
+grep -q '<!-- lab-figures:begin -->' docs/benchmarks.md || { echo '<!-- lab-figures:begin -->'; cat "$block"; echo '<!-- lab-figures:end -->'; } >>docs/benchmarks.md.new
+mv docs/benchmarks.md.new docs/benchmarks.md
+cat "$block"
+rm -f "$block"
