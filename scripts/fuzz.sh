@@ -56,11 +56,13 @@ run() {
     local target=$1 seconds=$2 work=$3 log
     mkdir -p "$work"
     log=$(mktemp)
+    local seeds=()
+    [[ -d fuzz/corpus/$target ]] && seeds=("fuzz/corpus/$target")
     # -max_len: every target's real inputs are a few hundred bytes; 4 KiB leaves room for the
     # parsers' size limits (a lease's 4096 bytes) without slowing each run down.
     # -rss_limit_mb: a parser that allocates without bound on a small input is a bug too.
     if ! cargo fuzz run --fuzz-dir fuzz --sanitizer none --debug-assertions "$target" \
-        "$work" "fuzz/corpus/$target" -- \
+        "$work" "${seeds[@]}" -- \
         -max_total_time="$seconds" -max_len=4096 -rss_limit_mb=2048 -timeout=10 \
         -print_final_stats=1 >"$log" 2>&1; then
         tail -n 60 "$log" >&2
