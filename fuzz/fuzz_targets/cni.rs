@@ -15,7 +15,8 @@ use weft::cni::plugin::{plan, Plan};
 use weft::cni::{delegate, exec, netconf, reply_version, Env, SUPPORTED_VERSIONS};
 use weft::subnet_env::SubnetEnv;
 
-const SUBNET_ENV: &str = "FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET=10.0.37.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+const SUBNET_ENV: &str =
+    "FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET=10.0.37.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
 
 fuzz_target!(|data: &[u8]| {
     let mut sections = data.splitn(4, |&b| b == 0);
@@ -37,17 +38,26 @@ fuzz_target!(|data: &[u8]| {
         Ok(Plan::Version) => assert_eq!(env.get("CNI_COMMAND").map(String::as_str), Some("VERSION")),
         Ok(Plan::Call { args, conf }) => {
             // What ends up in file names and argv must have passed validation.
-            assert!(!args.container_id.is_empty() && !args.container_id.contains('/'), "{args:?}");
+            assert!(
+                !args.container_id.is_empty() && !args.container_id.contains('/'),
+                "{args:?}"
+            );
             assert!(args.container_id != "." && args.container_id != "..", "{args:?}");
             assert!(!args.ifname.is_empty() && args.ifname.len() <= 15, "{args:?}");
             assert!(!args.path.is_empty(), "{args:?}");
             assert!(SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()), "{conf:?}");
-            assert!(conf.subnet_file.is_absolute() && conf.data_dir.is_absolute(), "{conf:?}");
+            assert!(
+                conf.subnet_file.is_absolute() && conf.data_dir.is_absolute(),
+                "{conf:?}"
+            );
 
             // A plan has passed delegate::validate, so a delegate config can always be built.
             let built = delegate::build(&conf, &subnet_env).expect("a valid plan builds a delegate config");
             let ty = built["type"].as_str().expect("the delegate has a type");
-            assert!(!ty.is_empty() && !ty.contains('/') && ty != "." && ty != "..", "{built}");
+            assert!(
+                !ty.is_empty() && !ty.contains('/') && ty != "." && ty != "..",
+                "{built}"
+            );
             assert_eq!(built["name"], Value::from(conf.name.clone()));
             assert!(built["ipam"].is_object(), "{built}");
             let call = delegate::for_call(built, &conf);

@@ -24,7 +24,11 @@ pub fn check_config(text: &str) -> Option<NetworkConfig> {
     let mask = u32::MAX.checked_shl(32 - u32::from(cfg.subnet_len)).unwrap_or(0);
     for bound in [cfg.subnet_min, cfg.subnet_max] {
         assert!(net.contains(&bound), "{bound} outside {net}: {cfg:?}");
-        assert_eq!(u32::from(bound) & mask, u32::from(bound), "{bound} not on a boundary: {cfg:?}");
+        assert_eq!(
+            u32::from(bound) & mask,
+            u32::from(bound),
+            "{bound} not on a boundary: {cfg:?}"
+        );
     }
     assert!(cfg.subnet_count() >= 1, "{cfg:?}");
     let b = &cfg.backend;

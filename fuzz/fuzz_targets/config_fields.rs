@@ -90,7 +90,11 @@ fn put(obj: &mut Map<String, Value>, key: &str, field: &Field) {
 fuzz_target!(|input: Input| {
     let prefix = u32::from(input.prefix % 33);
     let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
-    let network = if input.keep_host_bits { input.network } else { input.network & mask };
+    let network = if input.keep_host_bits {
+        input.network
+    } else {
+        input.network & mask
+    };
     let network_addr = std::net::Ipv4Addr::from(network);
 
     let mut obj = Map::new();

@@ -73,10 +73,20 @@ fuzz_target!(|input: Input| {
         .items
         .iter()
         .map(|item| match item {
-            Item::Lease { subnet, outside, len, public_ip: ip, mac: m, vni, create_revision } => {
+            Item::Lease {
+                subnet,
+                outside,
+                len,
+                public_ip: ip,
+                mac: m,
+                vni,
+                create_revision,
+            } => {
                 let first = if *outside { 11 } else { 10 };
                 let len = len.map_or(24, |l| 16 + l % 17);
-                let net = ipnet::Ipv4Net::new(Ipv4Addr::new(first, 0, *subnet, 0), len).unwrap().trunc();
+                let net = ipnet::Ipv4Net::new(Ipv4Addr::new(first, 0, *subnet, 0), len)
+                    .unwrap()
+                    .trunc();
                 Entry {
                     key: lease_key("/coreos.com/network", net),
                     value: vxlan_lease_value(public_ip(*ip), vni.unwrap_or(1), mac(*m)),
@@ -85,7 +95,11 @@ fuzz_target!(|input: Input| {
                     expires_at: None,
                 }
             }
-            Item::Raw { key, value, create_revision } => Entry {
+            Item::Raw {
+                key,
+                value,
+                create_revision,
+            } => Entry {
                 key: key.clone(),
                 value: value.clone(),
                 create_revision: *create_revision,
@@ -104,7 +118,11 @@ fuzz_target!(|input: Input| {
         .iter()
         .filter(|e| Lease::from_entry(e).is_ok_and(|l| Some(l.subnet) == host.subnet))
         .count();
-    assert_eq!(set.peers.len() + set.rejected.len() + ours, entries.len(), "an entry went missing");
+    assert_eq!(
+        set.peers.len() + set.rejected.len() + ours,
+        entries.len(),
+        "an entry went missing"
+    );
 
     let mut macs = HashSet::new();
     let mut subnets = HashSet::new();
@@ -118,7 +136,10 @@ fuzz_target!(|input: Input| {
         assert!(subnets.insert(p.subnet), "two peers share a subnet: {:?}", set.peers);
         assert!(macs.insert(p.vtep_mac), "two peers share a VTEP MAC: {:?}", set.peers);
     }
-    assert!(set.peers.windows(2).all(|w| w[0].subnet <= w[1].subnet), "peers are sorted");
+    assert!(
+        set.peers.windows(2).all(|w| w[0].subnet <= w[1].subnet),
+        "peers are sorted"
+    );
     for r in &set.rejected {
         let _ = (r.rejection.to_string(), r.rejection.reason());
     }

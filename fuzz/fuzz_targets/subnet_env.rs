@@ -14,6 +14,10 @@ fuzz_target!(|data: &[u8]| {
     // The file names the subnet by its first host address, which only exists below /32; the
     // agent writes subnets of /30 or larger (config::NetworkConfig), so only /32 is exempt.
     if env.subnet.prefix_len() < 32 {
-        assert_eq!(SubnetEnv::parse(&env.render()), Some(env.clone()), "render/parse round trip");
+        assert_eq!(
+            SubnetEnv::parse(&env.render()),
+            Some(env.clone()),
+            "render/parse round trip"
+        );
     }
 });
