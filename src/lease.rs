@@ -100,7 +100,13 @@ pub fn parse_subnet_key(key: &str) -> Option<Ipv4Net> {
         None => key.rsplit('/').next()?,
     };
     let (ip, len) = last.split_once('-')?;
-    if len.is_empty() || len.len() > 2 || !len.bytes().all(|b| b.is_ascii_digit()) {
+    // Exactly the digits `subnet_key_suffix` writes: with a leading zero allowed, `10.0.0.0-08`
+    // and `10.0.0.0-8` would be two store keys for one subnet, so two hosts could each hold it.
+    // (The address needs no such care: std's Ipv4Addr already refuses leading zeros.)
+    let canonical = (1..=2).contains(&len.len())
+        && len.bytes().all(|b| b.is_ascii_digit())
+        && (len == "0" || !len.starts_with('0'));
+    if !canonical {
         return None;
     }
     let ip: Ipv4Addr = ip.parse().ok()?;
@@ -237,6 +243,9 @@ mod tests {
             "/p/subnets/10.0.37.0-33",
             "/p/subnets/x-24",
             "/p/subnets/10.0.37.0-24junk",
+            // Found by fuzz/fuzz_targets/lease.rs: a second spelling of 10.0.0.0/9's key.
+            "/p/subnets/10.0.0.0-09",
+            "/p/subnets/0.0.0.0-00",
         ] {
             assert!(
                 matches!(Lease::from_entry(&entry(k, FLANNEL)), Err(LeaseError::BadKey { .. })),

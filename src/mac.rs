@@ -57,7 +57,8 @@ impl FromStr for Mac {
         let mut parts = s.split(':');
         for o in out.iter_mut() {
             let p = parts.next().ok_or_else(err)?;
-            if p.len() != 2 {
+            // from_str_radix alone would take "+f" for 0x0f: only two hex digits are an octet.
+            if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(err());
             }
             *o = u8::from_str_radix(p, 16).map_err(|_| err())?;
@@ -101,6 +102,9 @@ mod tests {
             "c6:a0:2e:40:c0:2c:00",
             "zz:a0:2e:40:c0:2c",
             "c6a0:2e:40:c0:2c:1",
+            // Found by fuzz/fuzz_targets/mac.rs: from_str_radix accepts a leading '+'.
+            "c6:a0:+e:40:c0:2c",
+            "+6:a0:2e:40:c0:2c",
         ] {
             assert!(s.parse::<Mac>().is_err(), "{s}");
         }
