@@ -29,6 +29,37 @@ impl Agent {
         if self.firewall.as_ref() == Some(&spec) && !self.firewall_check_due {
             return Ok(());
         }
+        // A peer joining or leaving only changes the set: one `nft` run. The full check (list,
+        // compare, rewrite if needed, read the counter) runs at start, when anything else
+        // changed, at every resync, and if the fast path fails.
+        if let (Some(old), false) = (&self.firewall, self.firewall_check_due) {
+            if (FirewallSpec {
+                peers: spec.peers.clone(),
+                ..old.clone()
+            }) == spec
+            {
+                let added: Vec<_> = spec.peers.difference(&old.peers).copied().collect();
+                let removed: Vec<_> = old.peers.difference(&spec.peers).copied().collect();
+                let result = tokio::task::spawn_blocking(move || nft::update_peers(&added, &removed))
+                    .await
+                    .map_err(|e| KernelError::Nft {
+                        op: "update peers",
+                        message: e.to_string(),
+                    })?;
+                match result {
+                    Ok(()) => {
+                        self.shared.metrics.kernel_op("nft", "update", true);
+                        info!(table = nft::TABLE, peers = spec.peers.len(), "nft: updated peers set");
+                        self.firewall = Some(spec);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.shared.metrics.kernel_op("nft", "update", false);
+                        warn!(error = %e, "nft: peers set update failed; checking the whole table");
+                    }
+                }
+            }
+        }
         let spec_changed = self.firewall.as_ref() != Some(&spec);
         let s = spec.clone();
         let (applied, dropped) = tokio::task::spawn_blocking(move || -> Result<_, KernelError> {

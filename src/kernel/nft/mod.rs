@@ -129,6 +129,28 @@ pub fn ensure(spec: &FirewallSpec) -> Result<Applied, KernelError> {
     Ok(Applied::Rewritten)
 }
 
+/// Adds and removes elements of the peers set in one nft transaction, without reading the
+/// table: the fast path for a peer joining or leaving (one `nft` run instead of a list, a
+/// compare and a write). Fails if the table or an element to remove is missing; the caller
+/// then falls back to [`ensure`].
+pub fn update_peers(added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Result<(), KernelError> {
+    let set = json!({"family": "ip", "table": TABLE, "name": SET_PEERS});
+    let mut cmds = Vec::new();
+    let mut with = |verb: &str, ips: &[Ipv4Addr]| {
+        if !ips.is_empty() {
+            let mut element = set.clone();
+            element["elem"] = json!(ips.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>());
+            cmds.push(json!({ verb: {"element": element} }));
+        }
+    };
+    with("delete", removed);
+    with("add", added);
+    if cmds.is_empty() {
+        return Ok(());
+    }
+    apply("update peers", &json!({ "nftables": cmds }))
+}
+
 /// Deletes the table. Ok(false) if there was none.
 pub fn remove() -> Result<bool, KernelError> {
     if list_table()?.is_none() {
