@@ -19,7 +19,7 @@ enum Command {
     #[command(subcommand)]
     Net(Box<cli::net::NetCommand>),
     /// Show this host's overlay state (from the agent, or from the store and kernel).
-    Status(cli::status::StatusArgs),
+    Status(Box<cli::status::StatusArgs>),
     /// Build a many-host overlay out of network namespaces on this machine.
     #[command(subcommand)]
     Lab(cli::lab::LabCommand),
@@ -50,7 +50,7 @@ fn run() -> Result<()> {
         match cli.command {
             Command::Agent(args) => cli::agent::run(*args).await,
             Command::Net(cmd) => cli::net::run(*cmd).await,
-            Command::Status(args) => cli::status::run(args).await,
+            Command::Status(args) => cli::status::run(*args).await,
             Command::Lab(cmd) => cli::lab::run(cmd).await,
         }
     })

@@ -363,7 +363,7 @@ async fn net_commands_work_against_etcd() {
         .find(|l| l.starts_with("10.0.37.0/24"))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(
-        row.contains("192.0.2.10") && row.contains("c6:a0:2e:40:c0:2c") && row.ends_with("ok"),
+        row.contains("192.0.2.10") && row.contains("c6:a0:2e:40:c0:2c") && row.ends_with("yes"),
         "{row}"
     );
     assert!(row.contains("9m") || row.contains("10m"), "expiry shown: {row}");

@@ -22,7 +22,10 @@ pub(super) fn store_error(store: &str, what: &str, e: &etcd_client::Error, tls: 
     if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
         return unavailable(format!("{what}: TLS failed: {cause}"));
     }
-    if tls && lower.contains("connection closed") {
+    // With TLS 1.3 the refusal arrives after the handshake; depending on timing the client sees
+    // it as a closed connection, a closed stream or a broken pipe.
+    let refused = ["connection closed", "stream closed", "broken pipe", "connection reset"];
+    if tls && refused.iter().any(|r| lower.contains(r)) {
         return unavailable(format!(
             "{what}: TLS failed: the server closed the connection after the handshake, which is how \
              etcd refuses a missing or untrusted client certificate (check --etcd-certfile, \
