@@ -62,8 +62,15 @@ impl Agent {
         }
         let spec_changed = self.firewall.as_ref() != Some(&spec);
         let s = spec.clone();
+        // The drop counter is read at resyncs only: it feeds a metric, not the data plane.
+        let read_counter = self.firewall_check_due;
         let (applied, dropped) = tokio::task::spawn_blocking(move || -> Result<_, KernelError> {
-            Ok((nft::ensure(&s)?, nft::dropped_vxlan_packets()?))
+            let dropped = if read_counter {
+                Some(nft::dropped_vxlan_packets()?)
+            } else {
+                None
+            };
+            Ok((nft::ensure(&s)?, dropped))
         })
         .await
         .map_err(|e| KernelError::Nft {
@@ -83,7 +90,9 @@ impl Agent {
             Applied::Rewritten if spec_changed => info!(table = nft::TABLE, "nft: rewrote table"),
             Applied::Rewritten => warn!(table = nft::TABLE, "nft: table was changed by hand; repaired"),
         }
-        self.shared.metrics.set_vxlan_dropped(dropped);
+        if let Some(dropped) = dropped {
+            self.shared.metrics.set_vxlan_dropped(dropped);
+        }
         self.firewall = Some(spec);
         self.firewall_check_due = false;
         Ok(())

@@ -32,8 +32,13 @@ impl Agent {
         };
         let set = select_peers(cfg, &host, self.leases.values());
         self.log_rejections(&set.rejected);
-        // Peers' VXLAN must be accepted before their entries send traffic our way.
-        self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
+        // Peers' VXLAN must be accepted before their entries send traffic our way. On the first
+        // pass of this process the table may not exist yet, and then nothing is filtered: the
+        // entries go first, so a joining host is reachable without waiting for `nft`.
+        let firewall_first = self.firewall.is_some();
+        if firewall_first {
+            self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
+        }
 
         let devices = Devices {
             vxlan: link.index,
@@ -73,6 +78,9 @@ impl Agent {
             }
         }
         self.record_peers(&set.peers, &set.rejected, devices, &failed);
+        if !firewall_first {
+            self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
+        }
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(ops.len()),
