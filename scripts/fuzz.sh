@@ -88,12 +88,19 @@ case "${1:-}" in
     echo "weft fuzz: built every target in $((SECONDS - started)) s" >&2
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
+    passed=0
     failed=0
     for t in $(targets); do
-        run "$t" "$seconds" "$work/$t" || failed=1
+        if run "$t" "$seconds" "$work/$t"; then
+            passed=$((passed + 1))
+        else
+            failed=$((failed + 1))
+        fi
     done
     echo "weft fuzz: done in $((SECONDS - started)) s" >&2
-    exit "$failed"
+    # A plain closing line, one per target run.
+    echo "fuzz: $passed passed, $failed failed"
+    [[ $failed -eq 0 ]]
     ;;
 --list)
     ensure_cargo_fuzz
