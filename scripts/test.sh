@@ -14,6 +14,6 @@ cargo test --no-fail-fast -- --test-threads "${WEFT_TEST_THREADS:-2}"
 # Fuzzing (docs/reliability.md, "Fuzzing"): a bounded run of every fuzz target from the committed
 # seeds, failing on any crash. It installs cargo-fuzz itself if missing. WEFT_FUZZ_SECONDS sets
 # the seconds per target; 0 skips the step.
-if [[ ${WEFT_FUZZ_SECONDS:-15} != 0 ]]; then
-    ./scripts/fuzz.sh --ci "${WEFT_FUZZ_SECONDS:-15}"
+if [[ ${WEFT_FUZZ_SECONDS:-5} != 0 ]]; then
+    ./scripts/fuzz.sh --ci "${WEFT_FUZZ_SECONDS:-5}"
 fi
