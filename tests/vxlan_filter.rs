@@ -11,6 +11,7 @@ use common::{have_root, lab_name, weft_bin};
 use nix::sched::{setns, CloneFlags};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
+use weft::lab::probe::checksum;
 use weft::lab::probe::Pinger;
 use weft::lab::{Lab, LabOptions};
 
@@ -18,17 +19,6 @@ const VXLAN_PORT: u16 = 8472;
 const VNI: u32 = 1;
 /// Packets injected per phase.
 const BURST: u64 = 20;
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
 
 /// A VXLAN payload: header (I flag, `vni`), inner Ethernet to `dst_mac`, IPv4 `src` → `dst`,
 /// ICMP echo request — what a peer's VTEP would send, and enough for the target to deliver it.

@@ -37,7 +37,8 @@ fn next_ident() -> u16 {
     base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-fn checksum(data: &[u8]) -> u16 {
+/// The Internet checksum (RFC 1071) of ICMP and IPv4 headers; tests craft packets with it too.
+pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
