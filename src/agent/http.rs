@@ -1,7 +1,7 @@
 //! The agent's HTTP endpoint (`--healthz-addr`): `/healthz`, `/readyz`, `/metrics`, `/status`.
 
 use super::metrics::Metrics;
-use super::status::{Failing, Status};
+use super::status::{Failing, PeerReport, PeerStatus, Status};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,16 +18,49 @@ use tracing::{error, info};
 pub struct Shared {
     pub status: Mutex<Status>,
     pub metrics: Metrics,
+    /// The peers as last planned, rendered into `Status::peers` only when `/status` asks: with
+    /// 10,000 peers that is the largest thing the agent would otherwise build at every change.
+    peers: Mutex<LazyPeers>,
+}
+
+#[derive(Default)]
+struct LazyPeers {
+    report: Option<Arc<PeerReport>>,
+    rendered: Option<Arc<Vec<PeerStatus>>>,
 }
 
 impl Shared {
+    /// The status without the per-peer list (all that `/healthz` and `/readyz` need).
     pub fn status(&self) -> Status {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The status with the per-peer list, rendered once per report.
+    pub fn full_status(&self) -> Status {
+        let mut st = self.status();
+        if let Ok(mut lazy) = self.peers.lock() {
+            if lazy.rendered.is_none() {
+                lazy.rendered = lazy.report.as_ref().map(|r| Arc::new(r.render()));
+            }
+            if let Some(rendered) = &lazy.rendered {
+                st.peers = rendered.clone();
+            }
+        }
+        st
     }
 
     pub fn set_status(&self, status: Status) {
         if let Ok(mut s) = self.status.lock() {
             *s = status;
+        }
+    }
+
+    pub fn set_peers(&self, report: Arc<PeerReport>) {
+        if let Ok(mut lazy) = self.peers.lock() {
+            *lazy = LazyPeers {
+                report: Some(report),
+                rendered: None,
+            };
         }
     }
 }
@@ -68,7 +101,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Json<Status> {
-    Json(s.status())
+    Json(s.full_status())
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {

@@ -21,6 +21,7 @@ use crate::config::NetworkConfig;
 use crate::kernel::{self, Kernel, KernelError, KernelEvent, LinkInfo, VxlanSpec};
 use crate::lease::vxlan_lease_value;
 use crate::network::{device_name, NetworkKeys};
+use crate::planner::peers::ParsedLease;
 use crate::store::{self, Entry, Store, StoreError, WatchEvent};
 use crate::subnet_env::SubnetEnv;
 use http::Shared;
@@ -28,7 +29,7 @@ use iface::{IfaceOptions, PublicIface};
 use ipnet::Ipv4Net;
 use lease::{LeaseRequest, OwnLease};
 use notes::Notes;
-use status::{PeerStatus, ReconcileStatus};
+use status::ReconcileStatus;
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,8 +111,12 @@ struct Agent {
     own: Option<OwnLease>,
     /// Subnet to ask for first when (re)leasing.
     preferred: Option<Ipv4Net>,
-    /// Lease keys → entries, kept current by the watch.
-    leases: BTreeMap<String, Entry>,
+    /// Lease keys → entries (parsed once), kept current by the watch.
+    leases: BTreeMap<String, ParsedLease>,
+    /// The kernel's entries for our devices as last read and since changed by our own operations;
+    /// `None` when they must be read again (at start, at resync, after somebody else's change or
+    /// a failed operation). A store event is then planned without reading the kernel at all.
+    view: Option<reconcile::KernelView>,
     written_env: Option<SubnetEnv>,
     notes: Notes,
     logged_rejections: HashSet<(String, i64)>,
@@ -122,7 +127,8 @@ struct Agent {
     store_error: Option<String>,
     config_error: Option<String>,
     lease_error: Option<String>,
-    peer_status: Vec<PeerStatus>,
+    /// Peers whose entries are all in place, as of the last reconcile.
+    programmed: usize,
     last_reconcile: Option<ReconcileStatus>,
     converged_once: bool,
     /// The nft table as last written, and whether a resync asked to check it.
@@ -162,6 +168,7 @@ impl Agent {
             own: None,
             preferred,
             leases: BTreeMap::new(),
+            view: None,
             written_env: None,
             notes: Notes::default(),
             logged_rejections: HashSet::new(),
@@ -171,7 +178,7 @@ impl Agent {
             store_error: None,
             config_error: None,
             lease_error: None,
-            peer_status: Vec::new(),
+            programmed: 0,
             last_reconcile: None,
             converged_once: false,
             firewall: None,
@@ -267,16 +274,19 @@ impl Agent {
                             events = kernel::monitor()?;
                             continue;
                         };
-                        let mut relevant = self.is_relevant(&ev);
-                        // Coalesce a burst (our own changes cause many) into one step.
+                        let mut relevant = self.kernel_event(&ev);
+                        // Coalesce a burst into one step.
                         while let Ok(ev) = events.try_recv() {
-                            relevant |= self.is_relevant(&ev);
+                            relevant |= self.kernel_event(&ev);
                         }
                         if !relevant {
                             continue;
                         }
                     }
-                    _ = resync.tick() => self.firewall_check_due = true,
+                    _ = resync.tick() => {
+                        self.firewall_check_due = true;
+                        self.view = None;
+                    }
                     _ = probe.tick() => {
                         self.probe_store().await;
                         continue;
@@ -303,7 +313,7 @@ impl Agent {
             if e.key == config_key {
                 config_text = Some(e.value);
             } else if e.key.starts_with(&subnets) {
-                self.leases.insert(e.key.clone(), bounded(e));
+                self.leases.insert(e.key.clone(), ParsedLease::new(bounded(e)));
             }
         }
         if config_text != self.config_text {
@@ -311,7 +321,7 @@ impl Agent {
             self.config_seen = false;
         }
         if let Some(own) = &self.own {
-            match self.leases.get(&own.key) {
+            match self.leases.get(&own.key).map(|p| &p.entry) {
                 Some(e) if e.value == own.value => {
                     let e = e.clone();
                     self.track_own(&e);
@@ -343,7 +353,7 @@ impl Agent {
                         self.lose_lease("our lease was overwritten by someone else");
                     }
                 }
-                self.leases.insert(e.key.clone(), bounded(e));
+                self.leases.insert(e.key.clone(), ParsedLease::new(bounded(e)));
             }
             WatchEvent::Delete { key, .. } if key.starts_with(&self.keys.subnets()) => {
                 if self.own.as_ref().is_some_and(|o| o.key == key) {
@@ -372,17 +382,30 @@ impl Agent {
         }
     }
 
-    fn is_relevant(&self, ev: &KernelEvent) -> bool {
+    /// Whether a kernel event needs a step. The echoes of our own operations (the view already
+    /// has them) do not; anything else on our devices does, and drops the view so that the step
+    /// reads the kernel again.
+    fn kernel_event(&mut self, ev: &KernelEvent) -> bool {
         let dev = self.device.as_ref().map(|d| d.index);
         let iface = self.iface.as_ref().map(|i| i.index);
-        match *ev {
+        let ours = match *ev {
             KernelEvent::Link { index, .. } | KernelEvent::Address { index } => {
                 Some(index) == dev || Some(index) == iface
             }
-            KernelEvent::Route { oif } => oif.is_none() || oif == dev || oif == iface,
-            KernelEvent::Neigh { index } => Some(index) == dev,
+            // Only main-table unicast routes are ever weft's.
+            KernelEvent::Route { change: None, .. } => false,
+            KernelEvent::Route { oif, change: Some(c) } => {
+                (oif == dev || oif == iface) && !self.view.as_ref().is_some_and(|v| v.agrees_with(&c))
+            }
+            KernelEvent::Neigh { index, change } => {
+                Some(index) == dev && !self.view.as_ref().zip(change).is_some_and(|(v, c)| v.agrees_with(&c))
+            }
             KernelEvent::Overrun => true,
+        };
+        if ours {
+            self.view = None;
         }
+        ours
     }
 
     fn next_wake(&self) -> Instant {
@@ -408,11 +431,7 @@ impl Agent {
         let (ok, error, operations) = match result {
             Ok(Some(ops)) => {
                 if ops > 0 {
-                    let peers = self
-                        .peer_status
-                        .iter()
-                        .filter(|p| p.state == status::PeerState::Programmed)
-                        .count();
+                    let peers = self.programmed;
                     info!(operations = ops, peers, duration_ms = seconds * 1000.0, "reconciled");
                 }
                 self.converged_once = true;
@@ -609,13 +628,13 @@ impl Agent {
                 self.preferred = Some(own.subnet);
                 self.leases.insert(
                     own.key.clone(),
-                    Entry {
+                    ParsedLease::new(Entry {
                         key: own.key.clone(),
                         value: own.value.clone(),
                         create_revision: own.revision,
                         mod_revision: own.revision,
                         expires_at: own.expires_at,
-                    },
+                    }),
                 );
                 self.own = Some(own);
                 Ok(())

@@ -3,19 +3,38 @@
 
 use super::iface::PublicIface;
 use super::lease::OwnLease;
-use super::status::{PeerState, PeerStatus};
+use super::status::PeerReport;
 use super::{Agent, AgentError};
 use crate::config::NetworkConfig;
 use crate::kernel::{Kernel, KernelError, LinkInfo};
-use crate::planner::peers::{select_peers, Host, Peer, Rejected};
-use crate::planner::state::Observed;
-use crate::planner::{peer_entries, plan, Devices, DirectLink, Op};
+use crate::planner::peers::{select_parsed, Host, PeerSet, Rejected};
+use crate::planner::state::{Change, Observed};
+use crate::planner::{plan, Devices, DirectLink, Op};
 use futures::StreamExt;
 use std::collections::HashSet;
+use std::sync::Arc;
+
+use tracing::{info, warn};
 
 /// Netlink requests in flight at once during a reconcile.
 const PIPELINE: usize = 64;
-use tracing::{info, warn};
+/// A reconcile with more operations than this logs a summary per kind instead of one line per
+/// entry: a 10,000-peer sync would otherwise write 30,000 lines.
+const LOG_EACH_UP_TO: usize = 64;
+
+/// The kernel's entries for our VXLAN device and public interface, as the agent last knew them.
+pub(crate) struct KernelView {
+    vxlan: u32,
+    public: u32,
+    observed: Observed,
+}
+
+impl KernelView {
+    pub(crate) fn agrees_with(&self, change: &Change) -> bool {
+        self.observed
+            .agrees_with(change, self.vxlan, &[self.vxlan, self.public])
+    }
+}
 
 impl Agent {
     /// Returns the number of kernel operations carried out.
@@ -30,7 +49,7 @@ impl Agent {
             public_ip: iface.public_ip,
             subnet: Some(own.subnet),
         };
-        let set = select_peers(cfg, &host, self.leases.values());
+        let set = select_parsed(cfg, &host, self.leases.values());
         self.log_rejections(&set.rejected);
         // Peers' VXLAN must be accepted before their entries send traffic our way. On the first
         // pass of this process the table may not exist yet, and then nothing is filtered: the
@@ -48,8 +67,11 @@ impl Agent {
             }),
             public: Some(iface.index),
         };
-        let mut observed = observe(&self.kernel, link.index).await?;
-        observed.routes.extend(self.kernel.routes(iface.index).await?);
+        // Planned against the view when we have one: a store event costs no kernel read.
+        let mut observed = match self.view.take() {
+            Some(v) if v.vxlan == link.index && v.public == iface.index => v.observed,
+            _ => observe(&self.kernel, link.index, iface.index).await?,
+        };
         let ops = plan(cfg.network, devices, &set.peers, &observed);
         let mut failed: HashSet<Op> = HashSet::new();
         let mut first_error = None;
@@ -64,11 +86,19 @@ impl Agent {
                 .buffered(PIPELINE)
                 .collect()
                 .await;
+            let (kind, action) = phase[0].labels();
+            if phase.len() > LOG_EACH_UP_TO {
+                info!(device = %link.name, kind, action, count = phase.len(), "kernel: {action} {} {kind} entries", phase.len());
+            }
             for (op, result) in results {
-                let (kind, action) = op.labels();
                 self.shared.metrics.kernel_op(kind, action, result.is_ok());
                 match result {
-                    Ok(()) => info!(device = %link.name, kind, action, entry = %op, "kernel: {action} {kind}"),
+                    Ok(()) => {
+                        observed.apply(&op);
+                        if phase.len() <= LOG_EACH_UP_TO {
+                            info!(device = %link.name, kind, action, entry = %op, "kernel: {action} {kind}");
+                        }
+                    }
                     Err(e) => {
                         warn!(device = %link.name, kind, action, entry = %op, error = %e, "kernel operation failed");
                         failed.insert(op);
@@ -77,10 +107,18 @@ impl Agent {
                 }
             }
         }
-        self.record_peers(&set.peers, &set.rejected, devices, &failed);
+        // After a failure the kernel is read again at the retry, not trusted to be as planned.
+        if failed.is_empty() {
+            self.view = Some(KernelView {
+                vxlan: link.index,
+                public: iface.index,
+                observed,
+            });
+        }
         if !firewall_first {
             self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
         }
+        self.record_peers(set, devices, failed);
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(ops.len()),
@@ -92,9 +130,13 @@ impl Agent {
     fn log_rejections(&mut self, rejected: &[Rejected]) {
         let leases = &self.leases;
         self.logged_rejections
-            .retain(|(key, rev)| leases.get(key).is_some_and(|e| e.mod_revision == *rev));
+            .retain(|(key, rev)| leases.get(key).is_some_and(|p| p.entry.mod_revision == *rev));
         for r in rejected {
-            let rev = self.leases.get(&r.key).map(|e| e.mod_revision).unwrap_or_default();
+            let rev = self
+                .leases
+                .get(&r.key)
+                .map(|p| p.entry.mod_revision)
+                .unwrap_or_default();
             if self.logged_rejections.insert((r.key.clone(), rev)) {
                 self.shared.metrics.rejected(r.rejection.reason());
                 // The key is the store's, not ours: quoted and cut short, so it cannot forge log lines.
@@ -103,48 +145,37 @@ impl Agent {
         }
     }
 
-    /// A peer is programmed unless one of its three entries failed just now.
-    fn record_peers(&mut self, peers: &[Peer], rejected: &[Rejected], devices: Devices, failed: &HashSet<Op>) {
-        let mut out = Vec::with_capacity(peers.len() + rejected.len());
-        for p in peers {
-            let e = peer_entries(p, devices);
-            let bad = e.neigh.is_some_and(|n| failed.contains(&Op::EnsureNeigh(n)))
-                || e.fdb.is_some_and(|f| failed.contains(&Op::EnsureFdb(f)))
-                || failed.contains(&Op::EnsureRoute(e.route));
-            out.push(PeerStatus {
-                key: p.key.clone(),
-                subnet: Some(p.subnet.to_string()),
-                public_ip: Some(p.public_ip.to_string()),
-                vtep_mac: Some(p.vtep_mac.to_string()),
-                state: if bad { PeerState::Pending } else { PeerState::Programmed },
-                reason: None,
-            });
-        }
-        let programmed = out.iter().filter(|p| p.state == PeerState::Programmed).count();
-        self.shared.metrics.peers_programmed.set(programmed as i64);
-        for r in rejected {
-            let lease = self
-                .leases
-                .get(&r.key)
-                .and_then(|e| crate::lease::Lease::from_entry(e).ok());
-            out.push(PeerStatus {
-                key: r.key.clone(),
-                subnet: lease.as_ref().map(|l| l.subnet.to_string()),
-                public_ip: lease.as_ref().map(|l| l.public_ip.to_string()),
-                vtep_mac: lease.as_ref().map(|l| l.vtep_mac.to_string()),
-                state: PeerState::Rejected,
-                reason: Some(r.rejection.to_string()),
-            });
-        }
-        self.peer_status = out;
+    /// Hands the planned peers to `/status` (rendered there, when asked) and sets the gauge.
+    fn record_peers(&mut self, set: PeerSet, devices: Devices, failed: HashSet<Op>) {
+        let rejected_leases = set
+            .rejected
+            .iter()
+            .map(|r| self.leases.get(&r.key).and_then(|p| p.lease.clone().ok()))
+            .collect();
+        let report = PeerReport {
+            set,
+            rejected_leases,
+            devices: Some(devices),
+            failed,
+        };
+        let pending = if report.failed.is_empty() {
+            0
+        } else {
+            report.set.peers.iter().filter(|p| report.is_pending(p)).count()
+        };
+        self.programmed = report.set.peers.len() - pending;
+        self.shared.metrics.peers_programmed.set(self.programmed as i64);
+        self.shared.set_peers(Arc::new(report));
     }
 }
 
-pub async fn observe(kernel: &Kernel, index: u32) -> Result<Observed, KernelError> {
+/// Reads the device's neighbours and FDB entries and the routes on it and on the public
+/// interface: three dumps.
+pub async fn observe(kernel: &Kernel, vxlan: u32, public: u32) -> Result<Observed, KernelError> {
     Ok(Observed {
-        neighs: kernel.neighs(index).await?,
-        fdbs: kernel.fdbs(index).await?,
-        routes: kernel.routes(index).await?,
+        neighs: kernel.neighs(vxlan).await?.into_iter().collect(),
+        fdbs: kernel.fdbs(vxlan).await?.into_iter().collect(),
+        routes: kernel.routes_on(&[vxlan, public]).await?,
     })
 }
 

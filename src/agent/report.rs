@@ -51,7 +51,7 @@ impl Agent {
                 expires_at_ms: o.expires_at.map(status::unix_ms),
             }),
             lease_error: self.lease_error.clone(),
-            peers: self.peer_status.clone(),
+            peers: Default::default(),
             last_reconcile: self.last_reconcile.clone(),
             converged_once: self.converged_once,
         };

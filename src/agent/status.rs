@@ -2,6 +2,7 @@
 //! `weft status`, and judged by `/healthz` and `/readyz`.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A store that has not answered for this long counts as unreachable.
@@ -20,7 +21,8 @@ pub struct Status {
     pub lease: Option<LeaseStatus>,
     /// Why this host holds no lease, if it holds none.
     pub lease_error: Option<String>,
-    pub peers: Vec<PeerStatus>,
+    /// Rendered from the agent's [`PeerReport`] when `/status` is asked for.
+    pub peers: Arc<Vec<PeerStatus>>,
     pub last_reconcile: Option<ReconcileStatus>,
     /// Whether the host has converged at least once since the agent started.
     pub converged_once: bool,
@@ -249,7 +251,7 @@ mod tests {
                 expires_at_ms: Some(ms + 10_000),
             }),
             lease_error: None,
-            peers: vec![],
+            peers: Arc::default(),
             last_reconcile: Some(ReconcileStatus {
                 at_ms: ms,
                 duration_ms: 1.0,
@@ -301,5 +303,58 @@ mod tests {
             checks(Status::default()),
             ["config", "lease", "store", "reconcile", "device"]
         );
+    }
+}
+
+/// The peers as one reconcile planned them, kept as the planner's values and turned into
+/// [`PeerStatus`] lines only when somebody asks.
+#[derive(Debug, Default)]
+pub struct PeerReport {
+    pub set: crate::planner::peers::PeerSet,
+    /// The refused leases' contents, where they parse, in `set.rejected`'s order.
+    pub rejected_leases: Vec<Option<crate::lease::Lease>>,
+    pub devices: Option<crate::planner::Devices>,
+    /// Operations that failed in that reconcile: their peers are `pending`.
+    pub failed: std::collections::HashSet<crate::planner::Op>,
+}
+
+impl PeerReport {
+    /// A peer is programmed unless one of its entries failed.
+    pub fn is_pending(&self, p: &crate::planner::peers::Peer) -> bool {
+        use crate::planner::Op;
+        let Some(devices) = self.devices else { return true };
+        let e = crate::planner::peer_entries(p, devices);
+        e.neigh.is_some_and(|n| self.failed.contains(&Op::EnsureNeigh(n)))
+            || e.fdb.is_some_and(|f| self.failed.contains(&Op::EnsureFdb(f)))
+            || self.failed.contains(&Op::EnsureRoute(e.route))
+    }
+
+    pub fn render(&self) -> Vec<PeerStatus> {
+        let mut out = Vec::with_capacity(self.set.peers.len() + self.set.rejected.len());
+        for p in &self.set.peers {
+            out.push(PeerStatus {
+                key: p.key.clone(),
+                subnet: Some(p.subnet.to_string()),
+                public_ip: Some(p.public_ip.to_string()),
+                vtep_mac: Some(p.vtep_mac.to_string()),
+                state: if self.is_pending(p) {
+                    PeerState::Pending
+                } else {
+                    PeerState::Programmed
+                },
+                reason: None,
+            });
+        }
+        for (r, lease) in self.set.rejected.iter().zip(&self.rejected_leases) {
+            out.push(PeerStatus {
+                key: r.key.clone(),
+                subnet: lease.as_ref().map(|l| l.subnet.to_string()),
+                public_ip: lease.as_ref().map(|l| l.public_ip.to_string()),
+                vtep_mac: lease.as_ref().map(|l| l.vtep_mac.to_string()),
+                state: PeerState::Rejected,
+                reason: Some(r.rejection.to_string()),
+            });
+        }
+        out
     }
 }

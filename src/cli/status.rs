@@ -15,6 +15,7 @@ use crate::planner::peers::{select_peers, Host};
 use crate::store;
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 #[derive(clap::Args, Debug)]
@@ -121,12 +122,9 @@ async fn offline(args: &StoreArgs) -> Result<Status> {
         subnet: own_lease.as_ref().map(|l| l.subnet),
     };
     let set = select_peers(&cfg, &host, &listing.entries);
-    let mut observed = observe(&kernel, link.index).await?;
     // With DirectRouting, same-link peers are routed via the underlay device instead.
     let underlay = link.vxlan.as_ref().and_then(|v| v.link);
-    if let Some(u) = underlay {
-        observed.routes.extend(kernel.routes(u).await?);
-    }
+    let observed = observe(&kernel, link.index, underlay.unwrap_or(link.index)).await?;
     let direct_net = match (underlay, link.vxlan.as_ref().and_then(|v| v.local)) {
         (Some(u), Some(local)) if cfg.backend.direct_routing => kernel
             .addresses(Some(u))
@@ -147,7 +145,7 @@ async fn offline(args: &StoreArgs) -> Result<Status> {
         let present = e.neigh.is_none_or(|n| observed.neighs.contains(&n))
             && e.fdb.is_none_or(|f| observed.fdbs.contains(&f))
             && observed.routes.contains(&e.route);
-        st.peers.push(PeerStatus {
+        Arc::make_mut(&mut st.peers).push(PeerStatus {
             key: p.key.clone(),
             subnet: Some(p.subnet.to_string()),
             public_ip: Some(p.public_ip.to_string()),
@@ -161,7 +159,7 @@ async fn offline(args: &StoreArgs) -> Result<Status> {
         });
     }
     for r in &set.rejected {
-        st.peers.push(PeerStatus {
+        Arc::make_mut(&mut st.peers).push(PeerStatus {
             key: r.key.clone(),
             subnet: None,
             public_ip: None,
@@ -280,7 +278,7 @@ pub fn render(st: &Status, now: SystemTime) -> String {
     }
     let _ = writeln!(o);
     let _ = writeln!(o, "{:<18} {:<16} {:<18} STATE", "PEER SUBNET", "PUBLIC IP", "VTEP MAC");
-    for p in &st.peers {
+    for p in st.peers.iter() {
         let state = match p.state {
             PeerState::Programmed => "programmed".to_string(),
             PeerState::Pending => "pending".to_string(),

@@ -23,7 +23,12 @@ impl Kernel {
             .try_collect()
             .await
             .map_err(|e| nl_error("dump fdb", format!("dev {index}"), e))?;
-        Ok(msgs.iter().filter_map(|m| parse_fdb(m, index)).collect())
+        Ok(msgs
+            .iter()
+            .filter_map(parse_fdb)
+            .filter(|&(i, _, permanent)| i == index && permanent)
+            .map(|(_, f, _)| f)
+            .collect())
     }
 
     /// `bridge fdb replace MAC dev INDEX dst IP self permanent`: a new dst replaces the old one.
@@ -56,9 +61,10 @@ impl Kernel {
     }
 }
 
-fn parse_fdb(m: &NeighbourMessage, index: u32) -> Option<FdbEntry> {
+/// A unicast FDB entry with a remote IPv4 destination as `(device index, entry, permanent)`.
+pub(super) fn parse_fdb(m: &NeighbourMessage) -> Option<(u32, FdbEntry, bool)> {
     let h = &m.header;
-    if h.family != AddressFamily::Bridge || h.ifindex != index || !is_permanent(h.state) {
+    if h.family != AddressFamily::Bridge {
         return None;
     }
     let (mut mac, mut dst) = (None, None);
@@ -74,7 +80,7 @@ fn parse_fdb(m: &NeighbourMessage, index: u32) -> Option<FdbEntry> {
         }
     }
     let mac = mac.filter(Mac::is_valid_unicast)?;
-    Some(FdbEntry { mac, dst: dst? })
+    Some((h.ifindex, FdbEntry { mac, dst: dst? }, is_permanent(h.state)))
 }
 
 struct Show<'a>(u32, &'a FdbEntry);

@@ -23,6 +23,7 @@ mod tests;
 pub use monitor::monitor;
 
 use crate::mac::Mac;
+use crate::planner::state::Change;
 use std::fmt::Display;
 use std::net::Ipv4Addr;
 
@@ -116,12 +117,16 @@ pub enum KernelEvent {
     Address {
         index: u32,
     },
+    /// An IPv4 route changed; `change` says which, if it is a main-table unicast route.
     Route {
         oif: Option<u32>,
+        change: Option<Change>,
     },
-    /// An ARP entry or an FDB entry (both are RTM_*NEIGH) changed on device `index`.
+    /// An ARP entry or an FDB entry (both are RTM_*NEIGH) changed on device `index`; `change`
+    /// says which, if it is an IPv4 neighbour or a unicast FDB entry with a remote destination.
     Neigh {
         index: u32,
+        change: Option<Change>,
     },
     /// The monitor socket overflowed: events were lost, reconcile everything.
     Overrun,

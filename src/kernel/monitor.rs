@@ -1,9 +1,11 @@
 //! Change notifications: links, IPv4 addresses, IPv4 routes, neighbours (ARP and FDB).
 
 use super::{KernelError, KernelEvent};
+use crate::planner::state::Change;
 use futures::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::route::RouteAttribute;
+use netlink_packet_route::neighbour::NeighbourMessage;
+use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use netlink_packet_route::RouteNetlinkMessage as M;
 use netlink_sys::AsyncSocket;
 use rtnetlink::MulticastGroup;
@@ -88,18 +90,43 @@ fn to_event(msg: NetlinkMessage<M>) -> Option<KernelEvent> {
                 deleted: true,
             }),
             M::NewAddress(a) | M::DelAddress(a) => Some(KernelEvent::Address { index: a.header.index }),
-            M::NewRoute(r) | M::DelRoute(r) => {
-                let oif = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    _ => None,
-                });
-                Some(KernelEvent::Route { oif })
-            }
-            M::NewNeighbour(n) | M::DelNeighbour(n) => Some(KernelEvent::Neigh {
-                index: n.header.ifindex,
-            }),
+            M::NewRoute(r) => Some(route_event(&r, false)),
+            M::DelRoute(r) => Some(route_event(&r, true)),
+            M::NewNeighbour(n) => Some(neigh_event(&n, false)),
+            M::DelNeighbour(n) => Some(neigh_event(&n, true)),
             _ => None,
         },
         _ => None,
+    }
+}
+
+fn route_event(r: &RouteMessage, deleted: bool) -> KernelEvent {
+    let oif = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    });
+    let change = super::route::parse_main_unicast(r).map(|entry| Change::Route { entry, deleted });
+    KernelEvent::Route { oif, change }
+}
+
+fn neigh_event(n: &NeighbourMessage, deleted: bool) -> KernelEvent {
+    let change = if let Some((index, entry, permanent)) = super::neigh::parse_neigh(n) {
+        Some(Change::Neigh {
+            index,
+            entry,
+            permanent,
+            deleted,
+        })
+    } else {
+        super::fdb::parse_fdb(n).map(|(index, entry, permanent)| Change::Fdb {
+            index,
+            entry,
+            permanent,
+            deleted,
+        })
+    };
+    KernelEvent::Neigh {
+        index: n.header.ifindex,
+        change,
     }
 }

@@ -21,7 +21,12 @@ impl Kernel {
             .try_collect()
             .await
             .map_err(|e| nl_error("dump neighbours", format!("dev {index}"), e))?;
-        Ok(msgs.iter().filter_map(|m| parse_neigh(m, index)).collect())
+        Ok(msgs
+            .iter()
+            .filter_map(parse_neigh)
+            .filter(|&(i, _, permanent)| i == index && permanent)
+            .map(|(_, n, _)| n)
+            .collect())
     }
 
     /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
@@ -55,9 +60,10 @@ impl Kernel {
     }
 }
 
-fn parse_neigh(m: &NeighbourMessage, index: u32) -> Option<NeighEntry> {
+/// An IPv4 neighbour as `(device index, entry, permanent)`.
+pub(super) fn parse_neigh(m: &NeighbourMessage) -> Option<(u32, NeighEntry, bool)> {
     let h = &m.header;
-    if h.family != AddressFamily::Inet || h.ifindex != index || !is_permanent(h.state) {
+    if h.family != AddressFamily::Inet {
         return None;
     }
     let (mut ip, mut mac) = (None, None);
@@ -68,5 +74,10 @@ fn parse_neigh(m: &NeighbourMessage, index: u32) -> Option<NeighEntry> {
             _ => {}
         }
     }
-    Some(NeighEntry { ip: ip?, mac: mac? })
+    // An entry still resolving has no MAC yet; it is the kernel's, reported as all zeros.
+    let entry = NeighEntry {
+        ip: ip?,
+        mac: mac.unwrap_or(Mac([0; 6])),
+    };
+    Some((h.ifindex, entry, is_permanent(h.state)))
 }

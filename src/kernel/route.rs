@@ -18,11 +18,17 @@ impl Kernel {
     /// IPv4 main-table unicast routes whose output interface is `oif`, any protocol.
     /// A route without a gateway (`dev X` only) is reported with gateway 0.0.0.0.
     pub async fn routes(&self, oif: u32) -> Result<Vec<RouteEntry>, KernelError> {
-        let msgs = self.dump_ipv4_routes(oif).await?;
+        self.routes_on(&[oif]).await
+    }
+
+    /// [`Kernel::routes`] for several devices, in one dump.
+    pub async fn routes_on<C: FromIterator<RouteEntry>>(&self, oifs: &[u32]) -> Result<C, KernelError> {
+        let what = oifs.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let msgs = self.dump_ipv4_routes(what).await?;
         Ok(msgs
             .iter()
             .filter_map(parse_main_unicast)
-            .filter(|r| r.oif == oif)
+            .filter(|r| oifs.contains(&r.oif))
             .collect())
     }
 
@@ -103,7 +109,7 @@ fn priority(m: &RouteMessage) -> u32 {
 
 /// An IPv4 unicast route of the main table as a RouteEntry (oif 0 when it has none, e.g.
 /// multipath); None for anything else.
-fn parse_main_unicast(m: &RouteMessage) -> Option<RouteEntry> {
+pub(super) fn parse_main_unicast(m: &RouteMessage) -> Option<RouteEntry> {
     let h = &m.header;
     if h.address_family != AddressFamily::Inet || h.kind != RouteType::Unicast {
         return None;

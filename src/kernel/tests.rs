@@ -505,10 +505,23 @@ fn monitor_events() {
         })
         .await;
 
+        // Route and neighbour events say which entry changed, so the agent can tell the echo of
+        // its own operation from somebody else's change.
+        let route = RouteEntry {
+            dst: "10.0.4.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(192, 0, 2, 4),
+            oif: va,
+            onlink: false,
+            protocol: 3, // boot, `ip route add`'s default
+        };
+        let route_event = |deleted| KernelEvent::Route {
+            oif: Some(va),
+            change: Some(Change::Route { entry: route, deleted }),
+        };
         ip(&name, "route add 10.0.4.0/24 via 192.0.2.4 dev va");
-        expect_event(&mut rx, |e| *e == KernelEvent::Route { oif: Some(va) }).await;
+        expect_event(&mut rx, |e| *e == route_event(false)).await;
         ip(&name, "route del 10.0.4.0/24 via 192.0.2.4 dev va");
-        expect_event(&mut rx, |e| *e == KernelEvent::Route { oif: Some(va) }).await;
+        expect_event(&mut rx, |e| *e == route_event(true)).await;
 
         ip(&name, "addr add 192.0.2.77/24 dev va");
         expect_event(&mut rx, |e| *e == KernelEvent::Address { index: va }).await;
@@ -516,7 +529,22 @@ fn monitor_events() {
             &name,
             "neigh add 192.0.2.8 lladdr 02:00:00:00:00:08 dev va nud permanent",
         );
-        expect_event(&mut rx, |e| *e == KernelEvent::Neigh { index: va }).await;
+        let neigh = NeighEntry {
+            ip: Ipv4Addr::new(192, 0, 2, 8),
+            mac: Mac([2, 0, 0, 0, 0, 8]),
+        };
+        expect_event(&mut rx, |e| {
+            *e == KernelEvent::Neigh {
+                index: va,
+                change: Some(Change::Neigh {
+                    index: va,
+                    entry: neigh,
+                    permanent: true,
+                    deleted: false,
+                }),
+            }
+        })
+        .await;
 
         // A consumer that falls more than the queue behind gets an Overrun, not a stall.
         for i in 0..5_000u32 {

@@ -287,7 +287,7 @@ fn ten_thousand_leases_select_and_plan_linearly() {
         let e = super::peer_entries(p, Devices::vxlan_only(7));
         converged.neighs.extend(e.neigh);
         converged.fdbs.extend(e.fdb);
-        converged.routes.push(e.route);
+        converged.routes.insert(e.route);
     }
     assert!(plan(cfg.network, Devices::vxlan_only(7), &set.peers, &converged).is_empty());
     eprintln!("10,000 leases: select + 2 plans in {:?}", started.elapsed());

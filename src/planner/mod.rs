@@ -13,7 +13,7 @@ mod tests;
 use ipnet::Ipv4Net;
 use peers::Peer;
 use state::{FdbEntry, NeighEntry, Observed, RouteEntry, ROUTE_PROTO_WEFT};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// One kernel change. `Ensure*` create or replace; `Remove*` tolerate absence.
@@ -158,57 +158,46 @@ pub fn plan(network: Ipv4Net, devices: Devices, peers: &[Peer], observed: &Obser
     }
 
     let mut ops = Vec::new();
-    let have_neigh: BTreeSet<_> = observed
-        .neighs
-        .iter()
-        .filter(|n| network.contains(&n.ip))
-        .copied()
-        .collect();
-    let have_fdb: BTreeSet<_> = observed.fdbs.iter().copied().collect();
-    let have_route: BTreeSet<_> = observed
-        .routes
-        .iter()
-        .filter(|r| devices.owns_route_on(r.oif))
-        .copied()
-        .collect();
+    let have_neigh = || observed.neighs.iter().filter(|n| network.contains(&n.ip));
+    let have_route = || observed.routes.iter().filter(|r| devices.owns_route_on(r.oif));
 
     // Removals: owned entries no peer wants (a changed MAC or IP leaves the old one here).
     ops.extend(
-        have_neigh
-            .iter()
+        have_neigh()
             .filter(|n| !want_neigh.contains_key(&n.ip))
             .map(|n| Op::RemoveNeigh(*n)),
     );
     ops.extend(
-        have_fdb
+        observed
+            .fdbs
             .iter()
             .filter(|f| want_fdb.get(&f.mac) != Some(*f))
             .map(|f| Op::RemoveFdb(*f)),
     );
     ops.extend(
-        have_route
-            .iter()
+        have_route()
             .filter(|r| r.protocol == ROUTE_PROTO_WEFT && !want_route.contains_key(&r.dst))
             .map(|r| Op::RemoveRoute(*r)),
     );
 
-    // Additions and corrections.
+    // Additions and corrections. The observed sets are ordered by IP, MAC and destination, so
+    // each lookup is a search, not a scan.
     ops.extend(
         want_neigh
             .values()
-            .filter(|n| !have_neigh.contains(n))
+            .filter(|n| !observed.neighs.contains(n))
             .map(|n| Op::EnsureNeigh(*n)),
     );
     ops.extend(
         want_fdb
             .values()
-            .filter(|f| !have_fdb.contains(f))
+            .filter(|f| !observed.fdbs.contains(f))
             .map(|f| Op::EnsureFdb(*f)),
     );
     ops.extend(
         want_route
             .values()
-            .filter(|r| !have_route.contains(r))
+            .filter(|r| !observed.routes.contains(r))
             .map(|r| Op::EnsureRoute(*r)),
     );
     ops

@@ -142,12 +142,37 @@ fn check(cfg: &NetworkConfig, host: &Host, lease: &Lease) -> Result<(), Rejectio
     Ok(())
 }
 
+/// A store entry with its lease parsed once, when it arrives: the agent keeps these, so that a
+/// change to one lease does not re-parse all the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedLease {
+    pub entry: Entry,
+    pub lease: Result<Lease, LeaseError>,
+}
+
+impl ParsedLease {
+    pub fn new(entry: Entry) -> ParsedLease {
+        let lease = Lease::from_entry(&entry);
+        ParsedLease { entry, lease }
+    }
+}
+
 /// Sorts store entries into peers and refusals. Our own lease is neither. Deterministic: a
 /// VTEP MAC or public IP claimed twice stays with our own lease, else with the older lease
 /// (lower create revision); one host has one lease.
 pub fn select_peers<'a>(cfg: &NetworkConfig, host: &Host, entries: impl IntoIterator<Item = &'a Entry>) -> PeerSet {
-    let mut sorted: Vec<&Entry> = entries.into_iter().collect();
-    sorted.sort_by(|a, b| (a.create_revision, &a.key).cmp(&(b.create_revision, &b.key)));
+    let parsed: Vec<ParsedLease> = entries.into_iter().cloned().map(ParsedLease::new).collect();
+    select_parsed(cfg, host, &parsed)
+}
+
+/// [`select_peers`] over leases parsed already.
+pub fn select_parsed<'a>(
+    cfg: &NetworkConfig,
+    host: &Host,
+    leases: impl IntoIterator<Item = &'a ParsedLease>,
+) -> PeerSet {
+    let mut sorted: Vec<&ParsedLease> = leases.into_iter().collect();
+    sorted.sort_by(|a, b| (a.entry.create_revision, &a.entry.key).cmp(&(b.entry.create_revision, &b.entry.key)));
 
     let mut out = PeerSet::default();
     let mut macs: HashMap<Mac, Ipv4Net> = HashMap::new();
@@ -155,8 +180,9 @@ pub fn select_peers<'a>(cfg: &NetworkConfig, host: &Host, entries: impl IntoIter
     // Refusals in entry order: (position, refusal).
     let mut rejected = Vec::new();
     let mut leases = Vec::with_capacity(sorted.len());
-    for (i, entry) in sorted.into_iter().enumerate() {
-        match Lease::from_entry(entry) {
+    for (i, parsed) in sorted.into_iter().enumerate() {
+        let entry = &parsed.entry;
+        match &parsed.lease {
             // Ours claims its MAC first, whatever its age.
             Ok(l) if Some(l.subnet) == host.subnet => {
                 macs.insert(l.vtep_mac, l.subnet);
@@ -166,13 +192,13 @@ pub fn select_peers<'a>(cfg: &NetworkConfig, host: &Host, entries: impl IntoIter
                 i,
                 Rejected {
                     key: entry.key.clone(),
-                    rejection: Rejection::Malformed(e),
+                    rejection: Rejection::Malformed(e.clone()),
                 },
             )),
         }
     }
     for (i, entry, lease) in leases {
-        let verdict = check(cfg, host, &lease).and_then(|()| {
+        let verdict = check(cfg, host, lease).and_then(|()| {
             if let Some(&other) = macs.get(&lease.vtep_mac) {
                 Err(Rejection::DuplicateVtepMac { other })
             } else if let Some(&other) = ips.get(&lease.public_ip) {

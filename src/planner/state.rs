@@ -1,7 +1,9 @@
 //! The kernel entries weft manages, as plain data: what the planner wants and what the observer saw.
 
+use super::Op;
 use crate::mac::Mac;
 use ipnet::Ipv4Net;
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 /// Route protocol number stamped on every route weft installs, so a resync can tell weft's routes
@@ -33,13 +35,149 @@ pub struct RouteEntry {
     pub protocol: u8,
 }
 
-/// What the observer read from the kernel for one VXLAN device.
+/// What the observer read from the kernel for weft's devices, kept sorted so that the planner
+/// and [`Observed::apply`] find an entry by its key (neighbour IP, FDB MAC, route destination)
+/// without a scan: the agent keeps one as its view of the kernel between full reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     /// PERMANENT neighbour entries on the device (others are the kernel's, not ours).
-    pub neighs: Vec<NeighEntry>,
+    pub neighs: BTreeSet<NeighEntry>,
     /// Permanent unicast FDB entries with a remote destination on the device.
-    pub fdbs: Vec<FdbEntry>,
-    /// IPv4 main-table routes whose output interface is the device, any protocol.
-    pub routes: Vec<RouteEntry>,
+    pub fdbs: BTreeSet<FdbEntry>,
+    /// IPv4 main-table routes whose output interface is one of weft's devices, any protocol.
+    pub routes: BTreeSet<RouteEntry>,
+}
+
+/// One entry as a kernel notification reports it, added or deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// An IPv4 neighbour on device `index`; `permanent` is its NUD_PERMANENT bit.
+    Neigh {
+        index: u32,
+        entry: NeighEntry,
+        permanent: bool,
+        deleted: bool,
+    },
+    /// A unicast FDB entry with a remote destination on device `index`.
+    Fdb {
+        index: u32,
+        entry: FdbEntry,
+        permanent: bool,
+        deleted: bool,
+    },
+    /// A main-table unicast IPv4 route.
+    Route { entry: RouteEntry, deleted: bool },
+}
+
+impl Observed {
+    /// The view after `op` succeeded, following the kernel's semantics: `replace` of a
+    /// neighbour, FDB entry or route displaces whatever had the same IP, MAC or destination.
+    pub fn apply(&mut self, op: &Op) {
+        match *op {
+            Op::RemoveNeigh(n) => self.remove_neighs_of(n.ip),
+            Op::EnsureNeigh(n) => {
+                self.remove_neighs_of(n.ip);
+                self.neighs.insert(n);
+            }
+            Op::RemoveFdb(f) => {
+                self.fdbs.remove(&f);
+            }
+            Op::EnsureFdb(f) => {
+                let old: Vec<FdbEntry> = self.fdbs_of(f.mac).copied().collect();
+                for o in old {
+                    self.fdbs.remove(&o);
+                }
+                self.fdbs.insert(f);
+            }
+            Op::RemoveRoute(r) => {
+                let gone: Vec<RouteEntry> = self
+                    .routes_to(r.dst)
+                    .filter(|x| x.oif == r.oif && x.protocol == r.protocol)
+                    .copied()
+                    .collect();
+                for g in gone {
+                    self.routes.remove(&g);
+                }
+            }
+            Op::EnsureRoute(r) => {
+                let old: Vec<RouteEntry> = self.routes_to(r.dst).copied().collect();
+                for o in old {
+                    self.routes.remove(&o);
+                }
+                self.routes.insert(r);
+            }
+        }
+    }
+
+    /// True if the kernel reporting `change` agrees with this view, as the echo of an operation
+    /// the agent carried out itself does; false if someone else changed what weft manages.
+    /// Entries on other devices (`vxlan` is weft's device, `route_oifs` the devices whose routes
+    /// are in the view) and non-permanent neighbours for addresses weft does not program are
+    /// not weft's business and agree trivially.
+    pub fn agrees_with(&self, change: &Change, vxlan: u32, route_oifs: &[u32]) -> bool {
+        match *change {
+            Change::Neigh { index, .. } | Change::Fdb { index, .. } if index != vxlan => true,
+            Change::Neigh {
+                entry,
+                permanent: false,
+                ..
+            } => self.neighs_of(entry.ip).next().is_none(),
+            Change::Neigh { entry, deleted, .. } => self.neighs.contains(&entry) != deleted,
+            Change::Fdb {
+                entry,
+                permanent: false,
+                ..
+            } => self.fdbs_of(entry.mac).next().is_none(),
+            Change::Fdb { entry, deleted, .. } => self.fdbs.contains(&entry) != deleted,
+            Change::Route { entry, .. } if !route_oifs.contains(&entry.oif) => true,
+            Change::Route { entry, deleted } => self.routes.contains(&entry) != deleted,
+        }
+    }
+
+    fn neighs_of(&self, ip: Ipv4Addr) -> impl Iterator<Item = &NeighEntry> {
+        self.neighs.range(
+            NeighEntry { ip, mac: Mac([0; 6]) }..=NeighEntry {
+                ip,
+                mac: Mac([0xff; 6]),
+            },
+        )
+    }
+
+    fn remove_neighs_of(&mut self, ip: Ipv4Addr) {
+        let old: Vec<NeighEntry> = self.neighs_of(ip).copied().collect();
+        for o in old {
+            self.neighs.remove(&o);
+        }
+    }
+
+    fn fdbs_of(&self, mac: Mac) -> impl Iterator<Item = &FdbEntry> {
+        self.fdbs.range(
+            FdbEntry {
+                mac,
+                dst: Ipv4Addr::UNSPECIFIED,
+            }..=FdbEntry {
+                mac,
+                dst: Ipv4Addr::BROADCAST,
+            },
+        )
+    }
+
+    /// Every route to `dst`, whatever its gateway, device or protocol.
+    pub fn routes_to(&self, dst: Ipv4Net) -> impl Iterator<Item = &RouteEntry> {
+        let lo = RouteEntry {
+            dst,
+            gateway: Ipv4Addr::UNSPECIFIED,
+            oif: 0,
+            onlink: false,
+            protocol: 0,
+        };
+        let hi = RouteEntry {
+            dst,
+            gateway: Ipv4Addr::BROADCAST,
+            oif: u32::MAX,
+            onlink: true,
+            protocol: u8::MAX,
+        };
+        self.routes.range(lo..=hi)
+    }
 }

@@ -33,25 +33,7 @@ fn peer(third: u8, m: u8, ip: [u8; 4]) -> Peer {
 fn apply(obs: &Observed, ops: &[Op]) -> Observed {
     let mut o = obs.clone();
     for op in ops {
-        match *op {
-            Op::RemoveNeigh(n) => o.neighs.retain(|x| x.ip != n.ip),
-            Op::EnsureNeigh(n) => {
-                o.neighs.retain(|x| x.ip != n.ip);
-                o.neighs.push(n);
-            }
-            Op::RemoveFdb(f) => o.fdbs.retain(|x| *x != f),
-            Op::EnsureFdb(f) => {
-                o.fdbs.retain(|x| x.mac != f.mac);
-                o.fdbs.push(f);
-            }
-            Op::RemoveRoute(r) => o
-                .routes
-                .retain(|x| !(x.dst == r.dst && x.oif == r.oif && x.protocol == r.protocol)),
-            Op::EnsureRoute(r) => {
-                o.routes.retain(|x| x.dst != r.dst);
-                o.routes.push(r);
-            }
-        }
+        o.apply(op);
     }
     o
 }
@@ -62,7 +44,7 @@ fn desired(peers: &[Peer]) -> Observed {
         let e = peer_entries(p, Devices::vxlan_only(DEV));
         o.neighs.extend(e.neigh);
         o.fdbs.extend(e.fdb);
-        o.routes.push(e.route);
+        o.routes.insert(e.route);
     }
     o
 }
@@ -149,8 +131,8 @@ fn foreign_entries_are_left_alone_but_flannel_routes_are_taken_over() {
         ip: "192.0.2.77".parse().unwrap(),
         mac: mac(50),
     };
-    obs.routes = vec![foreign_route, other_dev_route, flannel_route];
-    obs.neighs = vec![foreign_neigh];
+    obs.routes = [foreign_route, other_dev_route, flannel_route].into();
+    obs.neighs = [foreign_neigh].into();
     let ops = plan(net(), Devices::vxlan_only(DEV), &peers, &obs);
     let after = apply(&obs, &ops);
     assert!(after.routes.contains(&foreign_route));
@@ -275,7 +257,11 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
             fdbs.dedup_by_key(|f| f.mac);
             routes.sort_by_key(|r| (r.dst, r.oif));
             routes.dedup_by_key(|r| (r.dst, r.oif));
-            Observed { neighs, fdbs, routes }
+            Observed {
+                neighs: neighs.into_iter().collect(),
+                fdbs: fdbs.into_iter().collect(),
+                routes: routes.into_iter().collect(),
+            }
         })
 }
 
@@ -361,4 +347,148 @@ fn direct_routing_uses_a_plain_route_for_peers_on_the_same_link() {
     // A gone peer's direct route is removed even after DirectRouting was turned off.
     let ops = plan(net(), off, std::slice::from_ref(&far), &after);
     assert!(ops.contains(&Op::RemoveRoute(near_route)), "{ops:?}");
+}
+
+/// What the kernel would announce after carrying out `op` on device DEV.
+fn echo(op: &Op) -> Change {
+    match *op {
+        Op::RemoveNeigh(entry) | Op::EnsureNeigh(entry) => Change::Neigh {
+            index: DEV,
+            entry,
+            permanent: true,
+            deleted: matches!(op, Op::RemoveNeigh(_)),
+        },
+        Op::RemoveFdb(entry) | Op::EnsureFdb(entry) => Change::Fdb {
+            index: DEV,
+            entry,
+            permanent: true,
+            deleted: matches!(op, Op::RemoveFdb(_)),
+        },
+        Op::RemoveRoute(entry) | Op::EnsureRoute(entry) => Change::Route {
+            entry,
+            deleted: matches!(op, Op::RemoveRoute(_)),
+        },
+    }
+}
+
+proptest! {
+    /// The agent keeps its view by applying the operations it carried out; the kernel's echoes
+    /// of those operations must then agree with the view (else every change would cost a full
+    /// read of the kernel), and the view must plan to nothing.
+    #[test]
+    fn echoes_of_our_own_operations_agree_with_the_view(peers in arb_peers(), obs in arb_observed()) {
+        let ops = plan(net(), Devices::vxlan_only(DEV), &peers, &obs);
+        let view = apply(&obs, &ops);
+        prop_assert!(plan(net(), Devices::vxlan_only(DEV), &peers, &view).is_empty());
+        // An echo is checked against the view after the whole plan: only the last operation on
+        // an object is expected to agree (an earlier one's echo costs one extra read, no harm).
+        for op in &ops {
+            let later_on_same = ops.iter().skip_while(|o| *o != op).skip(1).any(|o| same_key(o, op));
+            if !later_on_same {
+                prop_assert!(view.agrees_with(&echo(op), DEV, &[DEV]), "{op} disagrees with the view");
+            }
+        }
+    }
+
+    /// Somebody else deleting an entry the view holds is noticed, whatever the entry.
+    #[test]
+    fn a_foreign_deletion_disagrees_with_the_view(peers in arb_peers()) {
+        let view = apply(&Observed::default(), &plan(net(), Devices::vxlan_only(DEV), &peers, &Observed::default()));
+        for n in &view.neighs {
+            let c = Change::Neigh { index: DEV, entry: *n, permanent: true, deleted: true };
+            prop_assert!(!view.agrees_with(&c, DEV, &[DEV]));
+        }
+        for f in &view.fdbs {
+            let c = Change::Fdb { index: DEV, entry: *f, permanent: true, deleted: true };
+            prop_assert!(!view.agrees_with(&c, DEV, &[DEV]));
+        }
+        for r in &view.routes {
+            let c = Change::Route { entry: *r, deleted: true };
+            prop_assert!(!view.agrees_with(&c, DEV, &[DEV]));
+        }
+    }
+}
+
+/// Two operations on the same kernel object (neighbour IP, FDB MAC, route destination).
+fn same_key(a: &Op, b: &Op) -> bool {
+    match (a, b) {
+        (Op::RemoveNeigh(x) | Op::EnsureNeigh(x), Op::RemoveNeigh(y) | Op::EnsureNeigh(y)) => x.ip == y.ip,
+        (Op::RemoveFdb(x) | Op::EnsureFdb(x), Op::RemoveFdb(y) | Op::EnsureFdb(y)) => x.mac == y.mac,
+        (Op::RemoveRoute(x) | Op::EnsureRoute(x), Op::RemoveRoute(y) | Op::EnsureRoute(y)) => x.dst == y.dst,
+        _ => false,
+    }
+}
+
+#[test]
+fn foreign_entries_the_view_does_not_hold_are_noticed_and_kernel_churn_is_not() {
+    let p = peer(48, 1, [198, 51, 100, 10]);
+    let view = apply(
+        &Observed::default(),
+        &plan(
+            net(),
+            Devices::vxlan_only(DEV),
+            std::slice::from_ref(&p),
+            &Observed::default(),
+        ),
+    );
+    let ours = peer_entries(&p, Devices::vxlan_only(DEV));
+    let n = ours.neigh.unwrap();
+    // Our permanent entry replaced by a learnt one: noticed.
+    let learnt = Change::Neigh {
+        index: DEV,
+        entry: n,
+        permanent: false,
+        deleted: false,
+    };
+    assert!(!view.agrees_with(&learnt, DEV, &[DEV]));
+    // The kernel resolving some other address on the device: not our business.
+    let other = NeighEntry {
+        ip: Ipv4Addr::new(10, 0, 99, 1),
+        mac: mac(9),
+    };
+    let churn = Change::Neigh {
+        index: DEV,
+        entry: other,
+        permanent: false,
+        deleted: false,
+    };
+    assert!(view.agrees_with(&churn, DEV, &[DEV]));
+    // A route added by hand on our device: noticed; on another device: not ours.
+    let hand = RouteEntry {
+        dst: "10.0.99.0/24".parse().unwrap(),
+        gateway: other.ip,
+        oif: DEV,
+        onlink: true,
+        protocol: 4,
+    };
+    assert!(!view.agrees_with(
+        &Change::Route {
+            entry: hand,
+            deleted: false
+        },
+        DEV,
+        &[DEV]
+    ));
+    let elsewhere = RouteEntry { oif: OTHER_DEV, ..hand };
+    assert!(view.agrees_with(
+        &Change::Route {
+            entry: elsewhere,
+            deleted: false
+        },
+        DEV,
+        &[DEV]
+    ));
+    // A route of ours changed to another gateway: noticed.
+    let moved = RouteEntry {
+        gateway: Ipv4Addr::new(10, 0, 48, 9),
+        ..ours.route
+    };
+    assert!(!view.agrees_with(
+        &Change::Route {
+            entry: moved,
+            deleted: false
+        },
+        DEV,
+        &[DEV]
+    ));
 }
