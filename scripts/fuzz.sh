@@ -45,7 +45,8 @@ ensure_cargo_fuzz() {
 }
 
 # Release build with debug assertions (so overflow and debug_assert! fire), instrumented for
-# coverage only. One build serves every target.
+# coverage only. One build serves every target. It is of weft's pure part only (fuzz/Cargo.toml
+# leaves out weft's `runtime` feature), a couple of minutes of CPU from scratch.
 build() {
     cargo fuzz build --fuzz-dir fuzz --sanitizer none --debug-assertions "$@"
 }

@@ -5,13 +5,21 @@
 //! expiry, compare-and-create, and a watch that streams changes after a revision. Everything weft
 //! stores (network config, leases) is built on top of this trait, so the agent never knows which
 //! backend it talks to.
+//!
+//! Without the `runtime` feature only the plain data types are here (what leases are parsed
+//! from); the trait and the backends need it.
 
+#[cfg(feature = "runtime")]
 pub mod etcd;
+#[cfg(feature = "runtime")]
 pub mod sqlite;
 
+#[cfg(feature = "runtime")]
 use async_trait::async_trait;
+#[cfg(feature = "runtime")]
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+#[cfg(feature = "runtime")]
 use tokio::sync::mpsc;
 
 /// A store-wide, monotonically increasing change counter (etcd's revision).
@@ -59,6 +67,7 @@ pub enum StoreError {
     BadUrl(String),
 }
 
+#[cfg(feature = "runtime")]
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A short human description (`sqlite:/var/lib/weft/store.db`), for logs and errors.
@@ -95,12 +104,14 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Which store to open: `--store sqlite:PATH`, or etcd when `--etcd-endpoints` is given.
+#[cfg(feature = "runtime")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     Sqlite(String),
     Etcd(etcd::EtcdConfig),
 }
 
+#[cfg(feature = "runtime")]
 impl StoreConfig {
     /// Parses a store address: `sqlite:PATH`, or `etcd:ENDPOINT[,ENDPOINT…]` (plain etcd, no TLS
     /// or credentials: those come from the `--etcd-*` flags).
@@ -124,6 +135,7 @@ impl StoreConfig {
 }
 
 /// Opens a store. etcd connects on first use, so this fails only on a bad config.
+#[cfg(feature = "runtime")]
 pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     match cfg {
         StoreConfig::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
@@ -132,6 +144,7 @@ pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
 }
 
 /// Opens the store named by an address (see [`StoreConfig::parse`]).
+#[cfg(feature = "runtime")]
 pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     open(&StoreConfig::parse(url)?)
 }
