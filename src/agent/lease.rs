@@ -50,6 +50,9 @@ pub struct LeaseRequest<'a> {
     /// Subnet to ask for first when no lease names our IP: the one we just lost, or the one in
     /// the previous `subnet.env`.
     pub preferred: Option<Ipv4Net>,
+    /// Subnets not to lease (nor keep) anything overlapping: this host's subnets in its other
+    /// networks, when this is a named network.
+    pub avoid: &'a [Ipv4Net],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +69,9 @@ const ATTEMPTS: usize = 20;
 
 pub async fn acquire(store: &dyn Store, req: &LeaseRequest<'_>) -> Result<OwnLease, AcquireError> {
     let value = vxlan_lease_value(req.public_ip, req.config.backend.vni, req.vtep_mac);
-    let fits = |s: Ipv4Net| req.config.network.contains(&s) && s.prefix_len() == req.config.subnet_len;
+    let avoided = Taken::new(req.avoid.iter().copied());
+    let fits =
+        |s: Ipv4Net| req.config.network.contains(&s) && s.prefix_len() == req.config.subnet_len && !avoided.overlaps(s);
     for _ in 0..ATTEMPTS {
         let listing = store.list(&req.keys.subnets()).await?;
 
@@ -75,6 +80,16 @@ pub async fn acquire(store: &dyn Store, req: &LeaseRequest<'_>) -> Result<OwnLea
             let l = Lease::from_entry(e).ok()?;
             (l.public_ip == req.public_ip && fits(l.subnet)).then_some((e, l.subnet))
         });
+        // One that names our IP but overlaps a subnet to avoid is given back.
+        let clashing = listing
+            .entries
+            .iter()
+            .find(|e| Lease::from_entry(e).is_ok_and(|l| l.public_ip == req.public_ip && avoided.overlaps(l.subnet)));
+        if let (None, Some(e)) = (mine, clashing) {
+            info!(key = %e.key, "giving back our lease: it overlaps this host's subnet in another network");
+            store.delete(&e.key).await?;
+            continue;
+        }
         if let Some((e, subnet)) = mine {
             if let Some(entry) = store.refresh(&e.key, &value, req.ttl, e.mod_revision).await? {
                 info!(subnet = %subnet, key = %entry.key, "reusing the lease that names our public IP");
@@ -83,7 +98,13 @@ pub async fn acquire(store: &dyn Store, req: &LeaseRequest<'_>) -> Result<OwnLea
             continue; // changed under us: look again
         }
 
-        let taken = Taken::new(listing.entries.iter().filter_map(|e| parse_subnet_key(&e.key)));
+        let taken = Taken::new(
+            listing
+                .entries
+                .iter()
+                .filter_map(|e| parse_subnet_key(&e.key))
+                .chain(req.avoid.iter().copied()),
+        );
         // 2. The subnet we had before, if still free.
         if let Some(subnet) = req.preferred.filter(|s| fits(*s) && !taken.overlaps(*s)) {
             let key = lease_key(&req.keys.prefix, subnet);
