@@ -97,7 +97,8 @@ impl Supervisor {
     async fn run(&mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         if wanted(&self.opts.networks, DEFAULT_NETWORK) {
-            self.start(DEFAULT_NETWORK, None);
+            // Before the store answers: the default network's agent does not wait for us.
+            self.start(DEFAULT_NETWORK, None).await;
         }
         let mut check = tokio::time::interval(CHECK_INTERVAL);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -141,7 +142,10 @@ impl Supervisor {
                             self.follow().await;
                         }
                     }
-                    _ = check.tick() => self.restart_exited().await,
+                    _ = check.tick() => {
+                        self.restart_exited().await;
+                        self.follow().await;
+                    }
                 }
             }
         }
@@ -251,9 +255,12 @@ impl Supervisor {
             };
             self.stop_and_tear_down(&name, &why).await;
         }
+        if wanted(&self.opts.networks, DEFAULT_NETWORK) && !self.running.contains_key(DEFAULT_NETWORK) {
+            self.start(DEFAULT_NETWORK, None).await;
+        }
         for (name, vni) in serve {
             if !self.running.contains_key(&name) {
-                self.start(&name, Some(vni));
+                self.start(&name, Some(vni)).await;
             }
         }
         self.note_refused(refused);
@@ -283,15 +290,21 @@ impl Supervisor {
     }
 
     /// Starts the agent of `name` (`vni` for a named network, `None` for the default one).
-    fn start(&mut self, name: &str, vni: Option<u32>) {
+    async fn start(&mut self, name: &str, vni: Option<u32>) {
+        // A netlink socket of its own: the kernel runs one dump at a time per socket, and every
+        // agent dumps at every reconcile.
+        let kernel = match Kernel::connect().await {
+            Ok(k) => k,
+            Err(e) => {
+                error!(network = %name, error = %e, "cannot open a netlink socket for the network's agent");
+                return;
+            }
+        };
         let (params, kernel) = match vni {
-            None => (
-                NetworkParams::default_network(&self.opts, self.host.clone()),
-                self.kernel.clone(),
-            ),
+            None => (NetworkParams::default_network(&self.opts, self.host.clone()), kernel),
             Some(vni) => (
                 NetworkParams::named(&self.opts, name, vni, self.host.clone()),
-                self.kernel.with_table(net::route_table(vni)),
+                kernel.with_table(net::route_table(vni)),
             ),
         };
         if let Some(vni) = vni {
@@ -355,7 +368,7 @@ impl Supervisor {
             if let Some(r) = self.stop(&name).await {
                 error!(network = %name, "network agent stopped; starting it again");
                 let vni = r.params.named.map(|n| n.vni);
-                self.start(&name, vni);
+                self.start(&name, vni).await;
             }
         }
     }
