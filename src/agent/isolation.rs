@@ -172,13 +172,12 @@ impl Agent {
         ensure_rules(&self.kernel, named.route_table, &link.name, Some(own.subnet)).await?;
         let table = self.kernel.with_table(named.route_table);
         let want = cfg.network.trunc();
-        for stale in table.unreachable_routes(ROUTE_PROTO_WEFT).await? {
-            if stale != want {
-                info!(route = %stale, table = named.route_table, "kernel: remove stale unreachable route");
-                table.remove_unreachable(stale).await?;
-            }
+        let have = table.unreachable_routes(ROUTE_PROTO_WEFT).await?;
+        for stale in have.iter().filter(|r| **r != want) {
+            info!(route = %stale, table = named.route_table, "kernel: remove stale unreachable route");
+            table.remove_unreachable(*stale).await?;
         }
-        if !table.unreachable_routes(ROUTE_PROTO_WEFT).await?.contains(&want) {
+        if !have.contains(&want) {
             info!(route = %want, table = named.route_table, "kernel: add unreachable route closing the network's table");
             table.ensure_unreachable(want, ROUTE_PROTO_WEFT).await?;
         }

@@ -139,3 +139,58 @@ pub async fn renew(
         .await?
         .map(|e| OwnLease::from_entry(e, own.subnet)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    const CONFIG: &str = r#"{"Network":"10.50.0.0/16","SubnetMin":"10.50.1.0","SubnetMax":"10.50.4.0"}"#;
+
+    fn req<'a>(keys: &'a NetworkKeys, cfg: &'a NetworkConfig, avoid: &'a [Ipv4Net]) -> LeaseRequest<'a> {
+        LeaseRequest {
+            keys,
+            config: cfg,
+            public_ip: "192.0.2.10".parse().unwrap(),
+            vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
+            ttl: Duration::from_secs(60),
+            preferred: Some("10.50.1.0/24".parse().unwrap()),
+            avoid,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_named_network_leases_around_the_hosts_other_subnets() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.db").display().to_string()).unwrap();
+        let keys = NetworkKeys::named("/coreos.com/network", "a");
+        let cfg = NetworkConfig::parse(CONFIG).unwrap();
+        let avoid: Vec<Ipv4Net> = ["10.50.1.0/24", "10.50.2.0/24", "10.50.3.0/24"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        // The preferred subnet is avoided too: the only one left is taken.
+        let own = acquire(&s, &req(&keys, &cfg, &avoid)).await.unwrap();
+        assert_eq!(own.subnet, "10.50.4.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(own.key, "/coreos.com/network/networks/a/subnets/10.50.4.0-24");
+        // A lease naming our IP that now overlaps an avoided subnet is given back and replaced.
+        let avoid_4: Vec<Ipv4Net> = vec!["10.50.4.0/24".parse().unwrap()];
+        let own = acquire(&s, &req(&keys, &cfg, &avoid_4)).await.unwrap();
+        assert_eq!(own.subnet, "10.50.1.0/24".parse::<Ipv4Net>().unwrap());
+        let keys_left: Vec<String> = s
+            .list(&keys.subnets())
+            .await
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys_left, ["/coreos.com/network/networks/a/subnets/10.50.1.0-24"]);
+        // Nothing left: a clear error, not a clash.
+        let all: Vec<Ipv4Net> = vec!["10.50.0.0/16".parse().unwrap()];
+        assert!(matches!(
+            acquire(&s, &req(&keys, &cfg, &all)).await,
+            Err(AcquireError::Full(_))
+        ));
+    }
+}
