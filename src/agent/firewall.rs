@@ -26,7 +26,12 @@ impl Agent {
             vxlan_port: cfg.backend.port,
             peers: peers.iter().map(|p| p.public_ip).collect(),
             filter_vxlan: self.opts.vxlan_peer_filter,
-            vni: Some(cfg.backend.vni),
+            vni: self.net.named.map(|_| cfg.backend.vni),
+            exempt_vnis: if self.net.is_default() {
+                self.net.host.named_vnis()
+            } else {
+                Default::default()
+            },
             isolate: self.net.named.map(|_| self.net.device_name(cfg.backend.vni)),
         };
         if self.firewall.as_ref() == Some(&spec) && !self.firewall_check_due {

@@ -26,7 +26,8 @@ use std::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-/// The subnet this host holds in each network it serves, shared by the host's agents.
+/// The subnet this host holds in each network it serves, and the VNIs of the named ones, shared
+/// by the host's agents.
 #[derive(Debug, Default)]
 pub struct HostSubnets {
     inner: Mutex<Claims>,
@@ -36,6 +37,8 @@ pub struct HostSubnets {
 struct Claims {
     by_network: BTreeMap<String, (Ipv4Net, u64)>,
     next: u64,
+    /// The VNIs of the named networks served here.
+    vnis: BTreeMap<String, u32>,
 }
 
 impl HostSubnets {
@@ -86,10 +89,27 @@ impl HostSubnets {
             .map(|(other, _)| other.clone())
     }
 
+    /// Forgets network `name`: its subnet and VNI.
     pub fn release(&self, name: &str) {
         if let Ok(mut c) = self.inner.lock() {
             c.by_network.remove(name);
+            c.vnis.remove(name);
         }
+    }
+
+    /// Records that named network `name` is served here with `vni`.
+    pub fn serve_vni(&self, name: &str, vni: u32) {
+        if let Ok(mut c) = self.inner.lock() {
+            c.vnis.insert(name.to_string(), vni);
+        }
+    }
+
+    /// The VNIs of the named networks served here.
+    pub fn named_vnis(&self) -> BTreeSet<u32> {
+        self.inner
+            .lock()
+            .map(|c| c.vnis.values().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The subnets held in every network but `name`.

@@ -309,12 +309,15 @@ impl Supervisor {
         };
         if let Some(vni) = vni {
             info!(network = %name, vni, device = %params.device_name(vni), table = net::route_table(vni), "serving network");
+            // The default network's nft table leaves this VNI to the network's own table.
+            self.host.serve_vni(name, vni);
+            self.fanout.nudge(DEFAULT_NETWORK);
         }
         let shared = self.hub.add(name);
         let (stop, stopped) = oneshot::channel::<()>();
         let agent = Agent::new(self.opts.clone(), params.clone(), self.store.clone(), kernel, shared);
         let span = tracing::info_span!("network", network = %name);
-        let events = self.fanout.subscribe();
+        let events = self.fanout.subscribe(name);
         let task = tokio::spawn(
             agent
                 .run(events, async move {
@@ -351,6 +354,7 @@ impl Supervisor {
         info!(network = %name, reason = %why, "no longer serving network; tearing it down on this host");
         self.hub.remove(name);
         let done = isolation::teardown(&self.kernel, self.store.as_ref(), &self.opts, &r.params, r.vni).await;
+        self.fanout.nudge(DEFAULT_NETWORK);
         for line in done {
             info!(network = %name, "teardown: {line}");
         }
@@ -387,6 +391,8 @@ struct Fanout {
 }
 
 struct Subscriber {
+    /// The network whose agent reads these events.
+    name: String,
     tx: mpsc::Sender<KernelEvent>,
     /// Events were lost: send an Overrun as soon as there is room.
     overrun: bool,
@@ -426,12 +432,28 @@ impl Fanout {
         Ok(Fanout { subs })
     }
 
-    fn subscribe(&self) -> mpsc::Receiver<KernelEvent> {
+    /// The events for network `name`'s agent.
+    fn subscribe(&self, name: &str) -> mpsc::Receiver<KernelEvent> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         if let Ok(mut subs) = self.subs.lock() {
-            subs.push(Subscriber { tx, overrun: false });
+            subs.push(Subscriber {
+                name: name.to_string(),
+                tx,
+                overrun: false,
+            });
         }
         rx
+    }
+
+    /// Makes network `name`'s agent go over everything now (an Overrun).
+    fn nudge(&self, name: &str) {
+        if let Ok(mut subs) = self.subs.lock() {
+            for s in subs.iter_mut().filter(|s| s.name == name) {
+                if s.tx.try_send(KernelEvent::Overrun).is_err() {
+                    s.overrun = true;
+                }
+            }
+        }
     }
 }
 

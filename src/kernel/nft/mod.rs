@@ -20,7 +20,8 @@
 //!     vxlan_port: 8472,
 //!     peers: ["198.51.100.10".parse().unwrap()].into(),
 //!     filter_vxlan: true,
-//!     vni: Some(1),
+//!     vni: None,
+//!     exempt_vnis: Default::default(),
 //!     isolate: None,
 //! };
 //! let applied = nft::ensure(&spec)?; // every reconcile; cheap when nothing changed
@@ -93,9 +94,13 @@ pub struct FirewallSpec {
     /// arrive from, which is their lease's `PublicIP` in flannel's model.
     pub filter_vxlan: bool,
     /// The filter looks at VXLAN datagrams of this VNI only (`@th,96,24`, the VNI field after
-    /// the UDP header), so the tables of several networks never drop each other's traffic;
-    /// `None`: every VXLAN datagram on the port.
+    /// the UDP header): a named network's table polices its own VNI. `None`: every VXLAN
+    /// datagram on the port (the default network's table) except those of `exempt_vnis`.
     pub vni: Option<u32>,
+    /// VNIs left to their own networks' tables (the named networks served on this host), so
+    /// the default network's table never drops a tenant's traffic from a host that is the
+    /// tenant's peer but not the default network's.
+    pub exempt_vnis: BTreeSet<u32>,
     /// A named network's device: drop (and count) what would cross the network's boundary on
     /// this host — arriving on the device for an address not on it, forwarded from the device
     /// elsewhere or from elsewhere to it, or arriving elsewhere for `own_subnet`.

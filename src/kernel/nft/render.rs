@@ -210,24 +210,29 @@ fn forward_rules(spec: &FirewallSpec) -> Vec<Vec<Statement<'static>>> {
     ]
 }
 
-/// `udp dport PORT [@th,96,24 VNI] ip saddr != @peers counter name vxlan_dropped drop`
+/// `udp dport PORT [@th,96,24 VNI | @th,96,24 != EXEMPT …] ip saddr != @peers counter name
+/// vxlan_dropped drop`
 fn vxlan_filter_rule(spec: &FirewallSpec) -> Vec<Statement<'static>> {
     let mut v = vec![Statement::Match(Match {
         left: payload("udp", "dport"),
         right: Expression::Number(u32::from(spec.vxlan_port)),
         op: Operator::EQ,
     })];
-    if let Some(vni) = spec.vni {
-        // The VXLAN header follows the 8-byte UDP header: flags (8 bits), reserved (24), VNI (24).
-        v.push(Statement::Match(Match {
+    // The VXLAN header follows the 8-byte UDP header: flags (8 bits), reserved (24), VNI (24).
+    let vni_match = |op: Operator, vni: u32| {
+        Statement::Match(Match {
             left: Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(PayloadRaw {
                 base: PayloadBase::TH,
                 offset: 96,
                 len: 24,
             }))),
             right: Expression::Number(vni),
-            op: Operator::EQ,
-        }));
+            op,
+        })
+    };
+    match spec.vni {
+        Some(vni) => v.push(vni_match(Operator::EQ, vni)),
+        None => v.extend(spec.exempt_vnis.iter().map(|vni| vni_match(Operator::NEQ, *vni))),
     }
     v.extend([
         Statement::Match(Match {
@@ -378,6 +383,7 @@ mod unit {
                 .collect(),
             filter_vxlan: true,
             vni: None,
+            exempt_vnis: BTreeSet::new(),
             isolate: None,
         }
     }
@@ -509,8 +515,17 @@ mod unit {
             "{s}"
         );
         assert!(s.contains(r#""right":"lo","op":"!="}}"#), "{s}");
-        // The default network's table has none of it.
+        // The default network's table has none of it, and leaves the named networks' VNIs to
+        // their tables.
         let d = json(&spec());
         assert!(!d.contains("isolation") && !d.contains("\"th\""), "{d}");
+        let d = json(&FirewallSpec {
+            exempt_vnis: [100, 200].into(),
+            ..spec()
+        });
+        assert!(
+            d.contains(r#""right":8472,"op":"=="}},{"match":{"left":{"payload":{"base":"th","offset":96,"len":24}},"right":100,"op":"!="}},{"match":{"left":{"payload":{"base":"th","offset":96,"len":24}},"right":200,"op":"!="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}}"#),
+            "{d}"
+        );
     }
 }
