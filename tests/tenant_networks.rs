@@ -248,6 +248,14 @@ async fn two_tenants_with_one_cidr_stay_apart_and_come_and_go_live() {
         "both tenants reachable on every host {:?} after `net create`",
         created.elapsed()
     );
+    // The default network's nft table leaves the tenants' VNIs to their own tables.
+    let default_filter = |h: &str| sh(&lab, h, &["nft", "list", "chain", "ip", "weft", "input"]);
+    for h in &hosts {
+        let ok = wait_for(Duration::from_secs(5), || {
+            default_filter(h).contains("@th,96,24 != 0x64 @th,96,24 != 0xc8 ip saddr != @peers")
+        });
+        assert!(ok, "{h}: {}", default_filter(h));
+    }
 
     // (b) Nothing crosses: A's device and addresses cannot reach B's addresses and vice versa,
     // and the target tenant's devices receive nothing while the other tenant tries.
@@ -419,6 +427,12 @@ async fn two_tenants_with_one_cidr_stay_apart_and_come_and_go_live() {
         pings(&lab, &probes).into_iter().all(|ok| ok),
         "tenant-b after the delete"
     );
+    for h in &hosts {
+        let ok = wait_for(Duration::from_secs(5), || {
+            default_filter(h).contains("udp dport 8472 @th,96,24 != 0xc8 ip saddr != @peers")
+        });
+        assert!(ok, "{h}: {}", default_filter(h));
+    }
     // The default network never noticed.
     let report = lab.check().await.unwrap();
     assert!(report.ok(), "{report}");
