@@ -9,7 +9,8 @@
 //! traffic under its own VNI. A second network with a VNI in use is refused by `weft net
 //! create`, and one written by hand is refused by the agents. `weft net delete tenant-a` then
 //! takes tenant A off every host (device, rules, table, nft table, subnet file, leases) while a
-//! pinger in tenant B loses nothing. Needs root (network namespaces); about 30 s.
+//! pinger in tenant B loses nothing; tenant B, deleted while one host's agent is down, is gone
+//! from that host once its agent is back. Needs root (network namespaces); about 15 s.
 
 mod common;
 
@@ -205,7 +206,7 @@ async fn two_tenants_with_one_cidr_stay_apart_and_come_and_go_live() {
         .agent_arg("--subnet-lease-ttl")
         .agent_arg("60s")
         .wait(Some(Duration::from_secs(30)));
-    let lab = Lab::up(opts).await.expect("lab up");
+    let mut lab = Lab::up(opts).await.expect("lab up");
     let hosts = lab.host_names();
 
     // (a) Both tenants, one CIDR, created while the agents run.
@@ -436,6 +437,22 @@ async fn two_tenants_with_one_cidr_stay_apart_and_come_and_go_live() {
     // The default network never noticed.
     let report = lab.check().await.unwrap();
     assert!(report.ok(), "{report}");
+
+    // (f) A network deleted while a host's agent is down is cleaned up when it starts again.
+    lab.kill_agent("h3", nix::sys::signal::Signal::SIGKILL).unwrap();
+    let out = weft(&lab, &["net", "delete", "tenant-b", "--yes"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = wait_for(Duration::from_secs(15), || {
+        ["h1", "h2"].iter().all(|h| traces(&lab, h, &B).is_empty())
+    });
+    assert!(gone, "tenant-b left behind on h1/h2");
+    assert!(
+        !traces(&lab, "h3", &B).is_empty(),
+        "h3's agent is down: nothing should have changed"
+    );
+    lab.start_agent("h3").await.unwrap();
+    let gone = wait_for(Duration::from_secs(15), || traces(&lab, "h3", &B).is_empty());
+    assert!(gone, "h3 kept {:?} after its agent restarted", traces(&lab, "h3", &B));
 
     lab.down().unwrap();
     eprintln!("tenant_networks: {:?} in all", t0.elapsed());
