@@ -31,6 +31,7 @@ async fn acquire(s: &dyn Store, ip: &str, mac: &str, ttl: Duration, preferred: O
         vtep_mac: mac.parse().unwrap(),
         ttl,
         preferred: preferred.map(|p| p.parse().unwrap()),
+        avoid: &[],
     };
     lease::acquire(s, &req).await.unwrap()
 }
@@ -243,6 +244,7 @@ async fn fifty_agents_racing_get_distinct_subnets() {
                 vtep_mac: mac.parse().unwrap(),
                 ttl: Duration::from_secs(60),
                 preferred: None,
+                avoid: &[],
             };
             // Connect before the start line, so the race is in the leasing.
             store.get("/warmup").await.unwrap();

@@ -1,12 +1,13 @@
-//! `weft agent --cleanup [--release]`: take weft off this host. Removes the nft table, weft's
-//! routes, the VXLAN device (its neighbour and FDB entries go with it) and `subnet.env`; with
-//! `--release` also deletes this host's lease so its subnet is free for others.
+//! `weft agent --cleanup [--release]`: take weft off this host. Removes the nft tables, weft's
+//! routes and rules, the VXLAN devices (their neighbour and FDB entries go with them) and the
+//! subnet files, of the default network and of every named one; with `--release` also deletes
+//! this host's leases so its subnets are free for others.
 
 use super::{iface, AgentError, AgentOptions};
 use crate::config::NetworkConfig;
 use crate::kernel::{nft, Kernel, KernelError};
 use crate::lease::Lease;
-use crate::network::{device_name, NetworkKeys};
+use crate::network::{self, device_name, NetworkKeys};
 use crate::planner::state::ROUTE_PROTO_WEFT;
 use crate::store;
 use tracing::warn;
@@ -37,21 +38,41 @@ pub async fn cleanup(opts: &AgentOptions, release: bool) -> Result<Vec<String>, 
     if release {
         let s = store.as_ref().map_err(|e| AgentError::Store(clone_err(e)))?;
         let public_ip = iface::select(&kernel, &opts.iface).await?.public_ip;
-        for e in s.list(&keys.subnets()).await?.entries {
-            if Lease::from_entry(&e).is_ok_and(|l| l.public_ip == public_ip) && s.delete(&e.key).await? {
-                done.push(format!("released lease {}", e.key));
+        let mut lease_prefixes = vec![keys.subnets()];
+        for n in network::admin::list(s.as_ref(), &opts.prefix).await? {
+            lease_prefixes.push(NetworkKeys::named(&opts.prefix, &n.name).subnets());
+        }
+        for prefix in lease_prefixes {
+            for e in s.list(&prefix).await?.entries {
+                if Lease::from_entry(&e).is_ok_and(|l| l.public_ip == public_ip) && s.delete(&e.key).await? {
+                    done.push(format!("released lease {}", e.key));
+                }
             }
         }
     }
 
-    let removed_table = tokio::task::spawn_blocking(nft::remove)
-        .await
-        .map_err(|e| KernelError::Nft {
-            op: "remove",
-            message: e.to_string(),
-        })??;
-    if removed_table {
-        done.push(format!("removed nft table ip {}", nft::TABLE));
+    let removed_tables = tokio::task::spawn_blocking(|| -> Result<Vec<String>, KernelError> {
+        let mut removed = Vec::new();
+        for t in nft::tables()? {
+            let ours = t == nft::TABLE || network::parse_named_nft_table(&t).is_some();
+            if ours && nft::remove(&t)? {
+                removed.push(t);
+            }
+        }
+        Ok(removed)
+    })
+    .await
+    .map_err(|e| KernelError::Nft {
+        op: "remove",
+        message: e.to_string(),
+    })??;
+    for t in removed_tables {
+        done.push(format!("removed nft table ip {t}"));
+    }
+
+    for r in kernel.weft_rules().await? {
+        kernel.remove_rule(&r).await?;
+        done.push(format!("removed rule {r}"));
     }
 
     for link in kernel.links().await? {
@@ -61,10 +82,17 @@ pub async fn cleanup(opts: &AgentOptions, release: bool) -> Result<Vec<String>, 
                 done.push(format!("removed route {} via {} dev {}", r.dst, r.gateway, link.name));
             }
         }
+        let is_vxlan = link.kind.as_deref() == Some("vxlan");
         let ours = match vni {
             Some(v) => link.name == device_name(v),
-            None => link.name.starts_with("flannel.") && link.kind.as_deref() == Some("vxlan"),
-        };
+            None => link.name.starts_with("flannel.") && is_vxlan,
+        } || (network::parse_named_device(&link.name).is_some() && is_vxlan);
+        if let Some(vni) = network::parse_named_device(&link.name).filter(|_| is_vxlan) {
+            let n = kernel.with_table(network::route_table(vni)).flush_table().await?;
+            if n > 0 {
+                done.push(format!("removed {n} routes of table {}", network::route_table(vni)));
+            }
+        }
         if ours {
             kernel.delete_link(link.index).await?;
             done.push(format!(
@@ -74,14 +102,21 @@ pub async fn cleanup(opts: &AgentOptions, release: bool) -> Result<Vec<String>, 
         }
     }
 
-    match std::fs::remove_file(&opts.subnet_file) {
-        Ok(()) => done.push(format!("removed {}", opts.subnet_file.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(AgentError::SubnetEnv {
-                path: opts.subnet_file.clone(),
-                source,
-            })
+    let mut files = vec![opts.subnet_file.clone()];
+    let dir = network::named_subnet_file(&opts.subnet_file, "x");
+    if let Some(Ok(entries)) = dir.parent().map(std::fs::read_dir) {
+        files.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "env")),
+        );
+    }
+    for path in files {
+        match std::fs::remove_file(&path) {
+            Ok(()) => done.push(format!("removed {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(AgentError::SubnetEnv { path, source }),
         }
     }
     Ok(done)

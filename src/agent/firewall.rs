@@ -19,12 +19,20 @@ impl Agent {
         peers: &[Peer],
     ) -> Result<(), AgentError> {
         let spec = FirewallSpec {
+            table: self.net.nft_table.clone(),
             network: cfg.network,
             own_subnet,
             ip_masq: self.opts.ip_masq,
             vxlan_port: cfg.backend.port,
             peers: peers.iter().map(|p| p.public_ip).collect(),
             filter_vxlan: self.opts.vxlan_peer_filter,
+            vni: self.net.named.map(|_| cfg.backend.vni),
+            exempt_vnis: if self.net.is_default() {
+                self.net.host.named_vnis()
+            } else {
+                Default::default()
+            },
+            isolate: self.net.named.map(|_| self.net.device_name(cfg.backend.vni)),
         };
         if self.firewall.as_ref() == Some(&spec) && !self.firewall_check_due {
             return Ok(());
@@ -40,7 +48,8 @@ impl Agent {
             {
                 let added: Vec<_> = spec.peers.difference(&old.peers).copied().collect();
                 let removed: Vec<_> = old.peers.difference(&spec.peers).copied().collect();
-                let result = tokio::task::spawn_blocking(move || nft::update_peers(&added, &removed))
+                let table = spec.table.clone();
+                let result = tokio::task::spawn_blocking(move || nft::update_peers(&table, &added, &removed))
                     .await
                     .map_err(|e| KernelError::Nft {
                         op: "update peers",
@@ -49,7 +58,7 @@ impl Agent {
                 match result {
                     Ok(()) => {
                         self.shared.metrics.kernel_op("nft", "update", true);
-                        info!(table = nft::TABLE, peers = spec.peers.len(), "nft: updated peers set");
+                        info!(table = %spec.table, peers = spec.peers.len(), "nft: updated peers set");
                         self.firewall = Some(spec);
                         return Ok(());
                     }
@@ -66,7 +75,7 @@ impl Agent {
         let read_counter = self.firewall_check_due;
         let (applied, dropped) = tokio::task::spawn_blocking(move || -> Result<_, KernelError> {
             let dropped = if read_counter {
-                Some(nft::dropped_vxlan_packets()?)
+                Some(nft::dropped_vxlan_packets(&s.table)?)
             } else {
                 None
             };
@@ -81,14 +90,14 @@ impl Agent {
         match applied {
             Applied::Unchanged => {}
             Applied::Created => info!(
-                table = nft::TABLE,
+                table = %spec.table,
                 ip_masq = spec.ip_masq,
                 peers = spec.peers.len(),
                 "nft: created table"
             ),
-            Applied::PeersUpdated => info!(table = nft::TABLE, peers = spec.peers.len(), "nft: updated peers set"),
-            Applied::Rewritten if spec_changed => info!(table = nft::TABLE, "nft: rewrote table"),
-            Applied::Rewritten => warn!(table = nft::TABLE, "nft: table was changed by hand; repaired"),
+            Applied::PeersUpdated => info!(table = %spec.table, peers = spec.peers.len(), "nft: updated peers set"),
+            Applied::Rewritten if spec_changed => info!(table = %spec.table, "nft: rewrote table"),
+            Applied::Rewritten => warn!(table = %spec.table, "nft: table was changed by hand; repaired"),
         }
         if let Some(dropped) = dropped {
             self.shared.metrics.set_vxlan_dropped(dropped);

@@ -1,19 +1,21 @@
-//! The agent's HTTP endpoint (`--healthz-addr`): `/healthz`, `/readyz`, `/metrics`, `/status`.
+//! The agent's HTTP endpoint (`--healthz-addr`): `/healthz`, `/readyz`, `/metrics`, `/status`,
+//! over every network the agent serves.
 
-use super::metrics::Metrics;
-use super::status::{Failing, PeerReport, PeerStatus, Status};
+use super::metrics::{Metrics, MetricsRegistry};
+use super::status::{Failing, PeerReport, PeerStatus, RefusedNetwork, Status};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tracing::{error, info};
 
-/// State shared between the agent loop (writer) and the HTTP handlers (readers).
+/// One network's state, shared between its agent loop (writer) and the HTTP handlers (readers).
 #[derive(Default)]
 pub struct Shared {
     pub status: Mutex<Status>,
@@ -30,6 +32,14 @@ struct LazyPeers {
 }
 
 impl Shared {
+    pub fn new(metrics: Metrics) -> Shared {
+        Shared {
+            status: Mutex::new(Status::default()),
+            metrics,
+            peers: Mutex::default(),
+        }
+    }
+
     /// The status without the per-peer list (all that `/healthz` and `/readyz` need).
     pub fn status(&self) -> Status {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
@@ -65,6 +75,68 @@ impl Shared {
     }
 }
 
+/// Every served network's [`Shared`], and the networks refused: what the handlers read.
+pub struct Hub {
+    pub metrics: Arc<MetricsRegistry>,
+    networks: Mutex<BTreeMap<String, Arc<Shared>>>,
+    refused: Mutex<Vec<RefusedNetwork>>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<MetricsRegistry>) -> Hub {
+        Hub {
+            metrics,
+            networks: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A network being served (`default` or a name), with state of its own.
+    pub fn add(&self, name: &str) -> Arc<Shared> {
+        let shared = Arc::new(Shared::new(self.metrics.network(name)));
+        if let Ok(mut n) = self.networks.lock() {
+            n.insert(name.to_string(), shared.clone());
+        }
+        shared
+    }
+
+    /// A network no longer served: out of `/status`, its series out of `/metrics`.
+    pub fn remove(&self, name: &str) {
+        let gone = self.networks.lock().ok().and_then(|mut n| n.remove(name));
+        if let Some(s) = gone {
+            s.metrics.forget();
+        }
+    }
+
+    pub fn set_refused(&self, refused: Vec<RefusedNetwork>) {
+        if let Ok(mut r) = self.refused.lock() {
+            *r = refused;
+        }
+    }
+
+    /// The default network's status, with the named networks' in `networks`; with the
+    /// per-peer lists if `peers`.
+    pub fn status(&self, peers: bool) -> Status {
+        let status_of = |s: &Shared| if peers { s.full_status() } else { s.status() };
+        let nets = self.networks.lock().map(|n| n.clone()).unwrap_or_default();
+        let mut top = match nets.get(crate::network::DEFAULT_NETWORK) {
+            Some(d) => status_of(d),
+            None => Status {
+                source: "agent".into(),
+                default_not_served: true,
+                ..Status::default()
+            },
+        };
+        top.networks = nets
+            .iter()
+            .filter(|(name, _)| name.as_str() != crate::network::DEFAULT_NETWORK)
+            .map(|(_, s)| status_of(s))
+            .collect();
+        top.refused_networks = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
+        top
+    }
+}
+
 #[derive(Serialize)]
 struct Verdict {
     status: &'static str,
@@ -81,15 +153,15 @@ fn verdict(failing: Vec<Failing>) -> Response {
     (code, Json(Verdict { status, failing })).into_response()
 }
 
-async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    verdict(s.status().health(SystemTime::now()))
+async fn healthz(State(s): State<Arc<Hub>>) -> Response {
+    verdict(s.status(false).health(SystemTime::now()))
 }
 
-async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    verdict(s.status().readiness())
+async fn readyz(State(s): State<Arc<Hub>>) -> Response {
+    verdict(s.status(false).readiness())
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+async fn metrics(State(s): State<Arc<Hub>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -100,11 +172,11 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn status(State(s): State<Arc<Shared>>) -> Json<Status> {
-    Json(s.full_status())
+async fn status(State(s): State<Arc<Hub>>) -> Json<Status> {
+    Json(s.status(true))
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Hub>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -114,7 +186,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Binds `addr` now (so a bad address is a start-up error) and serves in the background.
-pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, shared: Arc<Hub>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     info!(addr = %addr, "serving /healthz, /readyz, /metrics and /status");
     tokio::spawn(async move {

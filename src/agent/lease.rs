@@ -50,6 +50,9 @@ pub struct LeaseRequest<'a> {
     /// Subnet to ask for first when no lease names our IP: the one we just lost, or the one in
     /// the previous `subnet.env`.
     pub preferred: Option<Ipv4Net>,
+    /// Subnets not to lease (nor keep) anything overlapping: this host's subnets in its other
+    /// networks, when this is a named network.
+    pub avoid: &'a [Ipv4Net],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +69,9 @@ const ATTEMPTS: usize = 20;
 
 pub async fn acquire(store: &dyn Store, req: &LeaseRequest<'_>) -> Result<OwnLease, AcquireError> {
     let value = vxlan_lease_value(req.public_ip, req.config.backend.vni, req.vtep_mac);
-    let fits = |s: Ipv4Net| req.config.network.contains(&s) && s.prefix_len() == req.config.subnet_len;
+    let avoided = Taken::new(req.avoid.iter().copied());
+    let fits =
+        |s: Ipv4Net| req.config.network.contains(&s) && s.prefix_len() == req.config.subnet_len && !avoided.overlaps(s);
     for _ in 0..ATTEMPTS {
         let listing = store.list(&req.keys.subnets()).await?;
 
@@ -75,6 +80,16 @@ pub async fn acquire(store: &dyn Store, req: &LeaseRequest<'_>) -> Result<OwnLea
             let l = Lease::from_entry(e).ok()?;
             (l.public_ip == req.public_ip && fits(l.subnet)).then_some((e, l.subnet))
         });
+        // One that names our IP but overlaps a subnet to avoid is given back.
+        let clashing = listing
+            .entries
+            .iter()
+            .find(|e| Lease::from_entry(e).is_ok_and(|l| l.public_ip == req.public_ip && avoided.overlaps(l.subnet)));
+        if let (None, Some(e)) = (mine, clashing) {
+            info!(key = %e.key, "giving back our lease: it overlaps this host's subnet in another network");
+            store.delete(&e.key).await?;
+            continue;
+        }
         if let Some((e, subnet)) = mine {
             if let Some(entry) = store.refresh(&e.key, &value, req.ttl, e.mod_revision).await? {
                 info!(subnet = %subnet, key = %entry.key, "reusing the lease that names our public IP");
@@ -83,7 +98,13 @@ pub async fn acquire(store: &dyn Store, req: &LeaseRequest<'_>) -> Result<OwnLea
             continue; // changed under us: look again
         }
 
-        let taken = Taken::new(listing.entries.iter().filter_map(|e| parse_subnet_key(&e.key)));
+        let taken = Taken::new(
+            listing
+                .entries
+                .iter()
+                .filter_map(|e| parse_subnet_key(&e.key))
+                .chain(req.avoid.iter().copied()),
+        );
         // 2. The subnet we had before, if still free.
         if let Some(subnet) = req.preferred.filter(|s| fits(*s) && !taken.overlaps(*s)) {
             let key = lease_key(&req.keys.prefix, subnet);
@@ -117,4 +138,59 @@ pub async fn renew(
         .refresh(&own.key, value, ttl, own.revision)
         .await?
         .map(|e| OwnLease::from_entry(e, own.subnet)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    const CONFIG: &str = r#"{"Network":"10.50.0.0/16","SubnetMin":"10.50.1.0","SubnetMax":"10.50.4.0"}"#;
+
+    fn req<'a>(keys: &'a NetworkKeys, cfg: &'a NetworkConfig, avoid: &'a [Ipv4Net]) -> LeaseRequest<'a> {
+        LeaseRequest {
+            keys,
+            config: cfg,
+            public_ip: "192.0.2.10".parse().unwrap(),
+            vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
+            ttl: Duration::from_secs(60),
+            preferred: Some("10.50.1.0/24".parse().unwrap()),
+            avoid,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_named_network_leases_around_the_hosts_other_subnets() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.db").display().to_string()).unwrap();
+        let keys = NetworkKeys::named("/coreos.com/network", "a");
+        let cfg = NetworkConfig::parse(CONFIG).unwrap();
+        let avoid: Vec<Ipv4Net> = ["10.50.1.0/24", "10.50.2.0/24", "10.50.3.0/24"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        // The preferred subnet is avoided too: the only one left is taken.
+        let own = acquire(&s, &req(&keys, &cfg, &avoid)).await.unwrap();
+        assert_eq!(own.subnet, "10.50.4.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(own.key, "/coreos.com/network/networks/a/subnets/10.50.4.0-24");
+        // A lease naming our IP that now overlaps an avoided subnet is given back and replaced.
+        let avoid_4: Vec<Ipv4Net> = vec!["10.50.4.0/24".parse().unwrap()];
+        let own = acquire(&s, &req(&keys, &cfg, &avoid_4)).await.unwrap();
+        assert_eq!(own.subnet, "10.50.1.0/24".parse::<Ipv4Net>().unwrap());
+        let keys_left: Vec<String> = s
+            .list(&keys.subnets())
+            .await
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys_left, ["/coreos.com/network/networks/a/subnets/10.50.1.0-24"]);
+        // Nothing left: a clear error, not a clash.
+        let all: Vec<Ipv4Net> = vec!["10.50.0.0/16".parse().unwrap()];
+        assert!(matches!(
+            acquire(&s, &req(&keys, &cfg, &all)).await,
+            Err(AcquireError::Full(_))
+        ));
+    }
 }

@@ -7,67 +7,62 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OpLabels {
-    pub kind: String,
-    pub action: String,
-    pub result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: String,
-}
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
 
-pub struct Metrics {
-    registry: Registry,
-    pub leases: Gauge,
-    pub peers_programmed: Gauge,
-    pub leases_rejected: Family<ReasonLabel, Counter>,
-    pub kernel_operations: Family<OpLabels, Counter>,
-    pub reconcile_duration: Histogram,
-    pub reconciles: Family<ResultLabel, Counter>,
-    pub store_errors: Counter,
-    pub watch_restarts: Counter,
-    pub lease_expiry: Gauge<f64, AtomicU64>,
-    /// Mirrors the nft counter of VXLAN packets dropped for not coming from a peer.
-    pub vxlan_dropped: Counter,
+/// A metric's labels: the network's (none for the default network, `network="NAME"` for a
+/// named one), then the metric's own.
+pub type Labels = Vec<(String, String)>;
+
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn reconcile_histogram() -> Histogram {
+    // 100 µs … ~3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
-impl Default for Metrics {
+/// Every metric of the process, one series per network: what `/metrics` encodes.
+pub struct MetricsRegistry {
+    registry: Registry,
+    leases: Family<Labels, Gauge>,
+    peers_programmed: Family<Labels, Gauge>,
+    leases_rejected: Family<Labels, Counter>,
+    kernel_operations: Family<Labels, Counter>,
+    reconcile_duration: HistogramFamily,
+    reconciles: Family<Labels, Counter>,
+    store_errors: Family<Labels, Counter>,
+    watch_restarts: Family<Labels, Counter>,
+    lease_expiry: Family<Labels, Gauge<f64, AtomicU64>>,
+    vxlan_dropped: Family<Labels, Counter>,
+}
+
+impl Default for MetricsRegistry {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Metrics {
-    pub fn new() -> Metrics {
+impl MetricsRegistry {
+    pub fn new() -> MetricsRegistry {
         let mut r = Registry::with_prefix("weft");
-        let mut m = Metrics {
+        let m = MetricsRegistry {
             registry: Registry::default(),
-            leases: Gauge::default(),
-            peers_programmed: Gauge::default(),
+            leases: Family::default(),
+            peers_programmed: Family::default(),
             leases_rejected: Family::default(),
             kernel_operations: Family::default(),
-            // 100 µs … ~3 s.
-            reconcile_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            reconcile_duration: Family::new_with_constructor(reconcile_histogram),
             reconciles: Family::default(),
-            store_errors: Counter::default(),
-            watch_restarts: Counter::default(),
-            lease_expiry: Gauge::default(),
-            vxlan_dropped: Counter::default(),
+            store_errors: Family::default(),
+            watch_restarts: Family::default(),
+            lease_expiry: Family::default(),
+            vxlan_dropped: Family::default(),
         };
         r.register(
             "leases",
@@ -120,33 +115,97 @@ impl Metrics {
             })
             .set(1);
         r.register("build_info", "weft build information", build);
-        m.registry = r;
-        m
+        MetricsRegistry { registry: r, ..m }
+    }
+
+    /// The metrics of network `name`: unlabelled for the default network (as with one network
+    /// only), labelled `network="NAME"` for a named one.
+    pub fn network(self: &Arc<Self>, name: &str) -> Metrics {
+        let base: Labels = if name == crate::network::DEFAULT_NETWORK {
+            Vec::new()
+        } else {
+            vec![("network".into(), name.into())]
+        };
+        Metrics {
+            leases: self.leases.get_or_create(&base).clone(),
+            peers_programmed: self.peers_programmed.get_or_create(&base).clone(),
+            reconcile_duration: self.reconcile_duration.get_or_create(&base).clone(),
+            store_errors: self.store_errors.get_or_create(&base).clone(),
+            watch_restarts: self.watch_restarts.get_or_create(&base).clone(),
+            lease_expiry: self.lease_expiry.get_or_create(&base).clone(),
+            vxlan_dropped: self.vxlan_dropped.get_or_create(&base).clone(),
+            base,
+            labelled: Mutex::new(HashSet::new()),
+            registry: self.clone(),
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        // The default network's series have no labels: `weft_leases 3`, not `weft_leases{} 3`.
+        out.replace("{} ", " ")
+    }
+}
+
+/// One network's metrics, as its agent updates them.
+pub struct Metrics {
+    base: Labels,
+    pub leases: Gauge,
+    pub peers_programmed: Gauge,
+    pub reconcile_duration: Histogram,
+    pub store_errors: Counter,
+    pub watch_restarts: Counter,
+    pub lease_expiry: Gauge<f64, AtomicU64>,
+    /// Mirrors the nft counter of VXLAN packets dropped for not coming from a peer.
+    pub vxlan_dropped: Counter,
+    /// Label sets this network created in the families with labels of their own.
+    labelled: Mutex<HashSet<(&'static str, Labels)>>,
+    registry: Arc<MetricsRegistry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// The default network's metrics in a registry of their own (tests, tools).
+    pub fn new() -> Metrics {
+        Arc::new(MetricsRegistry::new()).network(crate::network::DEFAULT_NETWORK)
+    }
+
+    fn labels(&self, family: &'static str, more: &[(&str, &str)]) -> Labels {
+        let mut l = self.base.clone();
+        l.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        if let Ok(mut seen) = self.labelled.lock() {
+            seen.insert((family, l.clone()));
+        }
+        l
     }
 
     pub fn kernel_op(&self, kind: &str, action: &str, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.kernel_operations
-            .get_or_create(&OpLabels {
-                kind: kind.into(),
-                action: action.into(),
-                result: result.into(),
-            })
-            .inc();
+        let l = self.labels(
+            "kernel_operations",
+            &[("kind", kind), ("action", action), ("result", result)],
+        );
+        self.registry.kernel_operations.get_or_create(&l).inc();
     }
 
     pub fn rejected(&self, reason: &str) {
-        self.leases_rejected
-            .get_or_create(&ReasonLabel { reason: reason.into() })
-            .inc();
+        let l = self.labels("leases_rejected", &[("reason", reason)]);
+        self.registry.leases_rejected.get_or_create(&l).inc();
     }
 
     pub fn reconciled(&self, ok: bool, seconds: f64) {
         self.reconcile_duration.observe(seconds);
         let result = if ok { "ok" } else { "error" };
-        self.reconciles
-            .get_or_create(&ResultLabel { result: result.into() })
-            .inc();
+        let l = self.labels("reconciles", &[("result", result)]);
+        self.registry.reconciles.get_or_create(&l).inc();
     }
 
     /// Brings the dropped-VXLAN counter up to the kernel's count (which only grows, except
@@ -158,12 +217,30 @@ impl Metrics {
         }
     }
 
-    /// The OpenMetrics text exposition.
+    /// Removes every series of this network from `/metrics` (the network was deleted).
+    pub fn forget(&self) {
+        let r = &self.registry;
+        for f in [&r.leases, &r.peers_programmed] {
+            f.remove(&self.base);
+        }
+        for f in [&r.store_errors, &r.watch_restarts, &r.vxlan_dropped] {
+            f.remove(&self.base);
+        }
+        r.reconcile_duration.remove(&self.base);
+        r.lease_expiry.remove(&self.base);
+        let seen = self.labelled.lock().map(|s| s.clone()).unwrap_or_default();
+        for (family, l) in seen {
+            match family {
+                "kernel_operations" => r.kernel_operations.remove(&l),
+                "leases_rejected" => r.leases_rejected.remove(&l),
+                _ => r.reconciles.remove(&l),
+            };
+        }
+    }
+
+    /// The OpenMetrics text exposition of the whole registry.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        self.registry.encode()
     }
 }
 
@@ -193,5 +270,32 @@ mod tests {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn named_networks_are_labelled_and_forgotten() {
+        let r = Arc::new(MetricsRegistry::new());
+        let d = r.network("default");
+        let a = r.network("tenant-a");
+        d.leases.set(3);
+        a.leases.set(2);
+        a.kernel_op("route", "ensure", true);
+        a.reconciled(true, 0.001);
+        let text = r.encode();
+        for want in [
+            "weft_leases 3\n",
+            "weft_leases{network=\"tenant-a\"} 2\n",
+            "weft_kernel_operations_total{network=\"tenant-a\",kind=\"route\",action=\"ensure\",result=\"ok\"} 1",
+            "weft_reconciles_total{network=\"tenant-a\",result=\"ok\"} 1",
+            "weft_reconcile_duration_seconds_count{network=\"tenant-a\"} 1",
+            "weft_reconcile_duration_seconds_count 0",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+        assert!(!text.contains("{}"), "{text}");
+        a.forget();
+        let text = r.encode();
+        assert!(!text.contains("tenant-a"), "{text}");
+        assert!(text.contains("weft_leases 3\n"), "{text}");
     }
 }

@@ -10,17 +10,20 @@ pub mod device;
 mod firewall;
 pub mod http;
 pub mod iface;
+pub mod isolation;
 pub mod lease;
 pub mod metrics;
 mod notes;
+pub mod params;
 pub(crate) mod reconcile;
 mod report;
 pub mod status;
+pub mod supervisor;
 
 use crate::config::NetworkConfig;
 use crate::kernel::{self, Kernel, KernelError, KernelEvent, LinkInfo, VxlanSpec};
 use crate::lease::vxlan_lease_value;
-use crate::network::{device_name, NetworkKeys};
+use crate::network::NetworkKeys;
 use crate::planner::peers::ParsedLease;
 use crate::store::{self, Entry, Store, StoreError, WatchEvent};
 use crate::subnet_env::SubnetEnv;
@@ -29,6 +32,7 @@ use iface::{IfaceOptions, PublicIface};
 use ipnet::Ipv4Net;
 use lease::{LeaseRequest, OwnLease};
 use notes::Notes;
+use params::NetworkParams;
 use status::ReconcileStatus;
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -56,6 +60,8 @@ pub struct AgentOptions {
     pub tx_checksum: crate::kernel::offload::TxChecksumPolicy,
     /// Where to serve `/healthz`, `/readyz`, `/metrics` and `/status`; off when `None`.
     pub healthz_addr: Option<SocketAddr>,
+    /// `--networks`: the networks to serve (`default` is the default network); all when `None`.
+    pub networks: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,18 +82,10 @@ pub enum AgentError {
     Http { addr: SocketAddr, source: std::io::Error },
 }
 
-/// Runs the agent until `shutdown` completes. Leaves device, entries and lease in place.
+/// Runs the agent of every network served until `shutdown` completes (see `supervisor`).
+/// Leaves devices, entries and leases in place.
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let store = store::open(&opts.store)?;
-    let kernel = Kernel::connect().await?;
-    let events = kernel::monitor()?;
-    let shared = Arc::new(Shared::default());
-    if let Some(addr) = opts.healthz_addr {
-        http::serve(addr, shared.clone())
-            .await
-            .map_err(|source| AgentError::Http { addr, source })?;
-    }
-    Agent::new(opts, store, kernel, shared).run(events, shutdown).await
+    supervisor::run(opts, shutdown).await
 }
 
 /// How often the agent checks that the store still answers, for `/healthz`.
@@ -98,6 +96,8 @@ const STORM_DRAIN: Duration = Duration::from_millis(100);
 
 struct Agent {
     opts: AgentOptions,
+    /// Which network this agent serves, and what its keys, device, tables and file are.
+    net: NetworkParams,
     store: Arc<dyn Store>,
     kernel: Kernel,
     keys: NetworkKeys,
@@ -152,11 +152,18 @@ fn bounded(mut e: Entry) -> Entry {
 }
 
 impl Agent {
-    fn new(opts: AgentOptions, store: Arc<dyn Store>, kernel: Kernel, shared: Arc<Shared>) -> Agent {
-        let keys = NetworkKeys::new(&opts.prefix);
-        let preferred = SubnetEnv::read(&opts.subnet_file).map(|e| e.subnet);
+    fn new(
+        opts: AgentOptions,
+        net: NetworkParams,
+        store: Arc<dyn Store>,
+        kernel: Kernel,
+        shared: Arc<Shared>,
+    ) -> Agent {
+        let keys = net.keys.clone();
+        let preferred = SubnetEnv::read(&net.subnet_file).map(|e| e.subnet);
         Agent {
             opts,
+            net,
             store,
             kernel,
             keys,
@@ -506,7 +513,7 @@ impl Agent {
         };
 
         let spec = VxlanSpec {
-            name: device_name(cfg.backend.vni),
+            name: self.net.device_name(cfg.backend.vni),
             vni: cfg.backend.vni,
             local: iface.local_ip,
             link: iface.index,
@@ -542,6 +549,9 @@ impl Agent {
         }
         self.keep_lease(&cfg, &iface, mac, &value).await?;
         let Some(own) = self.own.clone() else { return Ok(None) };
+        if !self.isolate(&cfg, &link, &own).await? {
+            return Ok(None);
+        }
 
         device::ensure_address(&self.kernel, &link, own.subnet).await?;
         self.write_subnet_env(&cfg, own.subnet, spec.mtu)?;
@@ -613,7 +623,9 @@ impl Agent {
                 None => self.lose_lease("our lease changed in the store before we could renew it"),
             }
         }
+        let avoid = self.net.avoid();
         let req = LeaseRequest {
+            avoid: &avoid,
             keys: &self.keys,
             config: cfg,
             public_ip: iface.public_ip,
@@ -656,7 +668,7 @@ impl Agent {
         if self.written_env.as_ref() == Some(&env) {
             return Ok(());
         }
-        let path = &self.opts.subnet_file;
+        let path = &self.net.subnet_file;
         if SubnetEnv::read(path).as_ref() != Some(&env) {
             env.write(path).map_err(|source| AgentError::SubnetEnv {
                 path: path.clone(),

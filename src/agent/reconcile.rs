@@ -26,13 +26,15 @@ const LOG_EACH_UP_TO: usize = 64;
 pub(crate) struct KernelView {
     vxlan: u32,
     public: u32,
+    /// The routing table the routes are in.
+    table: u32,
     observed: Observed,
 }
 
 impl KernelView {
     pub(crate) fn agrees_with(&self, change: &Change) -> bool {
         self.observed
-            .agrees_with(change, self.vxlan, &[self.vxlan, self.public])
+            .agrees_with(change, self.vxlan, self.table, &[self.vxlan, self.public])
     }
 }
 
@@ -69,7 +71,7 @@ impl Agent {
         };
         // Planned against the view when we have one: a store event costs no kernel read.
         let mut observed = match self.view.take() {
-            Some(v) if v.vxlan == link.index && v.public == iface.index => v.observed,
+            Some(v) if v.vxlan == link.index && v.public == iface.index && v.table == self.kernel.table() => v.observed,
             _ => observe(&self.kernel, link.index, iface.index).await?,
         };
         let ops = plan(cfg.network, devices, &set.peers, &observed);
@@ -112,6 +114,7 @@ impl Agent {
             self.view = Some(KernelView {
                 vxlan: link.index,
                 public: iface.index,
+                table: self.kernel.table(),
                 observed,
             });
         }

@@ -19,13 +19,14 @@ impl Agent {
 
         let status = Status {
             source: "agent".into(),
+            name: (!self.net.is_default()).then(|| self.net.name.clone()),
             store: StoreStatus {
                 describe: self.store.describe(),
                 last_ok_ms: self.store_ok_at.map(status::unix_ms),
                 last_error: self.store_error.clone(),
             },
             network: self.config.as_ref().map(|c| NetworkStatus {
-                name: "default".into(),
+                name: self.net.name.clone(),
                 network: c.network.to_string(),
                 subnet_len: c.subnet_len,
                 vni: c.backend.vni,
@@ -54,6 +55,7 @@ impl Agent {
             peers: Default::default(),
             last_reconcile: self.last_reconcile.clone(),
             converged_once: self.converged_once,
+            ..Status::default()
         };
         self.shared.set_status(status);
     }

@@ -12,6 +12,9 @@ pub const STORE_STALE_AFTER: Duration = Duration::from_secs(15);
 pub struct Status {
     /// Where this view comes from: `agent` (live) or `store+kernel` (agent not reachable).
     pub source: String,
+    /// A named network's name (absent for the default network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub store: StoreStatus,
     pub network: Option<NetworkStatus>,
     /// Why the stored network config is not in effect (missing or invalid), if it is not.
@@ -26,6 +29,22 @@ pub struct Status {
     pub last_reconcile: Option<ReconcileStatus>,
     /// Whether the host has converged at least once since the agent started.
     pub converged_once: bool,
+    /// The agent does not serve the default network (`--networks` leaves it out): the fields
+    /// above are empty and not judged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default_not_served: bool,
+    /// The named networks the agent serves, each with its own view (`network.name` says which).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<Status>,
+    /// Named networks in the store the agent does not serve, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_networks: Vec<RefusedNetwork>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedNetwork {
+    pub name: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,8 +132,32 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Status {
-    /// The `/healthz` checks that fail now; empty means healthy.
+    /// The `/healthz` checks that fail now, for every network served; empty means healthy. A
+    /// named network's checks are named `NAME/check`.
     pub fn health(&self, now: SystemTime) -> Vec<Failing> {
+        let mut out = if self.default_not_served {
+            Vec::new()
+        } else {
+            self.network_health(now)
+        };
+        for n in &self.networks {
+            let name = n.name.clone().unwrap_or_default();
+            out.extend(n.network_health(now).into_iter().map(|f| Failing {
+                check: format!("{name}/{}", f.check),
+                reason: f.reason,
+            }));
+        }
+        if self.default_not_served && self.networks.is_empty() {
+            out.push(Failing {
+                check: "networks".into(),
+                reason: "none of the networks this agent serves exists yet".into(),
+            });
+        }
+        out
+    }
+
+    /// One network's checks.
+    fn network_health(&self, now: SystemTime) -> Vec<Failing> {
         let now_ms = unix_ms(now);
         let mut out = Vec::new();
         let mut fail = |check: &str, reason: String| {
@@ -167,16 +210,23 @@ impl Status {
         out
     }
 
-    /// The `/readyz` checks that fail now.
+    /// The `/readyz` checks that fail now: every network served has converged once.
     pub fn readiness(&self) -> Vec<Failing> {
-        if self.converged_once {
-            Vec::new()
-        } else {
-            vec![Failing {
+        let mut out = Vec::new();
+        if !self.default_not_served && !self.converged_once {
+            out.push(Failing {
                 check: "converged".into(),
                 reason: "the host has not converged yet".into(),
-            }]
+            });
         }
+        for n in self.networks.iter().filter(|n| !n.converged_once) {
+            let name = n.name.clone().unwrap_or_default();
+            out.push(Failing {
+                check: format!("{name}/converged"),
+                reason: format!("the host has not converged in network {name} yet"),
+            });
+        }
+        out
     }
 }
 
@@ -260,6 +310,7 @@ mod tests {
                 operations: 0,
             }),
             converged_once: true,
+            ..Status::default()
         }
     }
 
@@ -302,6 +353,39 @@ mod tests {
         assert_eq!(
             checks(Status::default()),
             ["config", "lease", "store", "reconcile", "device"]
+        );
+    }
+
+    #[test]
+    fn named_networks_are_judged_under_their_name() {
+        let now = SystemTime::now();
+        let mut named = healthy(now);
+        named.name = Some("tenant-a".into());
+        named.network.as_mut().unwrap().name = "tenant-a".into();
+        named.lease = None;
+        named.converged_once = false;
+        let mut s = healthy(now);
+        s.networks.push(named);
+        let checks: Vec<String> = s.health(now).into_iter().map(|f| f.check).collect();
+        assert_eq!(checks, ["tenant-a/lease"]);
+        assert_eq!(s.readiness()[0].check, "tenant-a/converged");
+        // Without the default network, only the named ones count.
+        let only = Status {
+            default_not_served: true,
+            ..Status::default()
+        };
+        assert_eq!(only.health(now)[0].check, "networks");
+        let only = Status {
+            networks: vec![healthy(now)],
+            ..only
+        };
+        assert_eq!(only.health(now), vec![]);
+        assert_eq!(only.readiness(), vec![]);
+        // The JSON of a default-only agent is what it was before named networks existed.
+        let json = serde_json::to_string(&healthy(now)).unwrap();
+        assert!(
+            !json.contains("networks") && !json.contains("default_not_served"),
+            "{json}"
         );
     }
 }

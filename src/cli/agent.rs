@@ -37,7 +37,13 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
 
-    /// Where to write the subnet file the CNI plugin reads.
+    /// Serve only these networks, comma-separated: named networks by name, `default` for the
+    /// default network. Every network in the store when not given.
+    #[arg(long, env = "WEFT_NETWORKS", value_delimiter = ',', value_parser = parse_network_name)]
+    pub networks: Option<Vec<String>>,
+
+    /// Where to write the subnet file the CNI plugin reads (named networks' files go to
+    /// `networks/NAME.env` next to it).
     #[arg(long, env = "WEFT_SUBNET_FILE", default_value = "/run/flannel/subnet.env")]
     pub subnet_file: PathBuf,
 
@@ -140,6 +146,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             OffloadArg::Off => TxChecksumPolicy::ForceOff,
         },
         healthz_addr: args.healthz_addr,
+        networks: args.networks,
     };
     if args.cleanup {
         for line in agent::cleanup::cleanup(&opts, args.release).await? {
@@ -149,6 +156,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     agent::run(opts, shutdown_signal()).await?;
     Ok(())
+}
+
+fn parse_network_name(s: &str) -> Result<String, String> {
+    if s == crate::network::DEFAULT_NETWORK {
+        return Ok(s.to_string());
+    }
+    crate::network::validate_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -176,7 +176,8 @@ fn ago(ms: u64, now: SystemTime) -> String {
     humantime::format_duration(Duration::from_millis(d - d % 1000)).to_string()
 }
 
-/// The human-readable table.
+/// The human-readable table: the default network, then each named network the agent serves,
+/// then the named networks it refuses.
 pub fn render(st: &Status, now: SystemTime) -> String {
     use std::fmt::Write;
     let mut o = String::new();
@@ -185,6 +186,40 @@ pub fn render(st: &Status, now: SystemTime) -> String {
         "source     {}",
         if st.source.is_empty() { "agent" } else { &st.source }
     );
+    if st.default_not_served {
+        let _ = writeln!(o, "network    default: not served (--networks)");
+    } else {
+        render_network(&mut o, st, now);
+    }
+    if st.source.is_empty() || st.source == "agent" {
+        let failing = st.health(now);
+        if failing.is_empty() {
+            let _ = writeln!(o, "health     ok");
+        } else {
+            let list: Vec<String> = failing.iter().map(|f| format!("{} ({})", f.check, f.reason)).collect();
+            let _ = writeln!(o, "health     FAILING: {}", list.join("; "));
+        }
+    }
+    if !st.default_not_served {
+        render_peers(&mut o, st);
+    }
+    for n in &st.networks {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "== network {} ==", n.name.as_deref().unwrap_or("?"));
+        render_network(&mut o, n, now);
+        render_peers(&mut o, n);
+    }
+    if !st.refused_networks.is_empty() {
+        let _ = writeln!(o);
+        for r in &st.refused_networks {
+            let _ = writeln!(o, "not served: network {}: {}", r.name, r.reason);
+        }
+    }
+    o
+}
+
+fn render_network(o: &mut String, st: &Status, now: SystemTime) {
+    use std::fmt::Write;
     match (&st.network, &st.config_error) {
         (Some(n), err) => {
             let _ = writeln!(
@@ -267,15 +302,10 @@ pub fn render(st: &Status, now: SystemTime) -> String {
             r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
         );
     }
-    if st.source.is_empty() || st.source == "agent" {
-        let failing = st.health(now);
-        if failing.is_empty() {
-            let _ = writeln!(o, "health     ok");
-        } else {
-            let list: Vec<String> = failing.iter().map(|f| format!("{} ({})", f.check, f.reason)).collect();
-            let _ = writeln!(o, "health     FAILING: {}", list.join("; "));
-        }
-    }
+}
+
+fn render_peers(o: &mut String, st: &Status) {
+    use std::fmt::Write;
     let _ = writeln!(o);
     let _ = writeln!(o, "{:<18} {:<16} {:<18} STATE", "PEER SUBNET", "PUBLIC IP", "VTEP MAC");
     for p in st.peers.iter() {
@@ -296,5 +326,4 @@ pub fn render(st: &Status, now: SystemTime) -> String {
             p.vtep_mac.as_deref().unwrap_or("-")
         );
     }
-    o
 }

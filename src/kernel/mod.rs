@@ -17,6 +17,7 @@ mod neigh;
 pub mod nft;
 pub mod offload;
 mod route;
+pub mod rule;
 #[cfg(test)]
 mod tests;
 
@@ -133,9 +134,12 @@ pub enum KernelEvent {
 }
 
 /// A cloneable handle on one rtnetlink socket; clones share the socket and its background task.
+/// Route requests and dumps act on one routing table: the main table, or the one given to
+/// [`Kernel::with_table`] (a named network's).
 #[derive(Clone)]
 pub struct Kernel {
     handle: rtnetlink::Handle,
+    table: u32,
 }
 
 impl Kernel {
@@ -146,7 +150,23 @@ impl Kernel {
             tokio::runtime::Handle::try_current().map_err(|e| KernelError::Socket(format!("no tokio runtime: {e}")))?;
         let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| KernelError::Socket(e.to_string()))?;
         rt.spawn(connection);
-        Ok(Kernel { handle })
+        Ok(Kernel {
+            handle,
+            table: route::RT_TABLE_MAIN,
+        })
+    }
+
+    /// The same socket, with routes read and written in routing table `table`.
+    pub fn with_table(&self, table: u32) -> Kernel {
+        Kernel {
+            handle: self.handle.clone(),
+            table,
+        }
+    }
+
+    /// The routing table this handle's route requests use.
+    pub fn table(&self) -> u32 {
+        self.table
     }
 }
 

@@ -105,7 +105,7 @@ fn route_event(r: &RouteMessage, deleted: bool) -> KernelEvent {
         RouteAttribute::Oif(i) => Some(*i),
         _ => None,
     });
-    let change = super::route::parse_main_unicast(r).map(|entry| Change::Route { entry, deleted });
+    let change = super::route::parse_any_unicast(r).map(|(table, entry)| Change::Route { table, entry, deleted });
     KernelEvent::Route { oif, change }
 }
 

@@ -1,4 +1,5 @@
-//! IPv4 routes in the main table.
+//! IPv4 routes in the handle's routing table (the main table unless [`Kernel::with_table`] said
+//! otherwise), and the `unreachable` route that closes a named network's table.
 
 use super::{ignore_errnos, nl_error, Kernel, KernelError};
 use crate::planner::state::RouteEntry;
@@ -12,11 +13,11 @@ use rtnetlink::RouteMessageBuilder;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-const RT_TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+pub(super) const RT_TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 impl Kernel {
-    /// IPv4 main-table unicast routes whose output interface is `oif`, any protocol.
-    /// A route without a gateway (`dev X` only) is reported with gateway 0.0.0.0.
+    /// IPv4 unicast routes of this handle's table whose output interface is `oif`, any
+    /// protocol. A route without a gateway (`dev X` only) is reported with gateway 0.0.0.0.
     pub async fn routes(&self, oif: u32) -> Result<Vec<RouteEntry>, KernelError> {
         self.routes_on(&[oif]).await
     }
@@ -27,9 +28,74 @@ impl Kernel {
         let msgs = self.dump_ipv4_routes(what).await?;
         Ok(msgs
             .iter()
-            .filter_map(parse_main_unicast)
+            .filter_map(|m| parse_unicast(m, self.table))
             .filter(|r| oifs.contains(&r.oif))
             .collect())
+    }
+
+    /// `ip route replace unreachable DST table T proto P`: in a named network's table, what is
+    /// inside the network but not a peer's ends there instead of falling through to the main
+    /// table.
+    pub async fn ensure_unreachable(&self, dst: Ipv4Net, protocol: u8) -> Result<(), KernelError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .protocol(RouteProtocol::from(protocol))
+            .scope(RouteScope::Universe)
+            .kind(RouteType::Unreachable)
+            .table_id(self.table)
+            .build();
+        let res = self.handle.route().add(msg).replace().execute().await;
+        res.map_err(|e| nl_error("add route", format!("unreachable {dst} table {}", self.table), e))
+    }
+
+    /// The `unreachable` routes of this handle's table with protocol `protocol`.
+    pub async fn unreachable_routes(&self, protocol: u8) -> Result<Vec<Ipv4Net>, KernelError> {
+        let msgs = self.dump_ipv4_routes(format!("table {}", self.table)).await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.kind == RouteType::Unreachable && u8::from(m.header.protocol) == protocol)
+            .filter(|m| table_of(m) == self.table)
+            .filter_map(|m| Ipv4Net::new(destination(m), m.header.destination_prefix_length).ok())
+            .collect())
+    }
+
+    /// Deletes an `unreachable` route of this handle's table; one already gone is success.
+    pub async fn remove_unreachable(&self, dst: Ipv4Net) -> Result<(), KernelError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .scope(RouteScope::NoWhere)
+            .kind(RouteType::Unreachable)
+            .table_id(self.table)
+            .build();
+        let res = self.handle.route().del(msg).execute().await;
+        ignore_errnos(
+            res,
+            &[libc::ESRCH, libc::ENOENT],
+            "delete route",
+            format!("unreachable {dst} table {}", self.table),
+        )
+    }
+
+    /// Deletes every IPv4 route of this handle's table, which must be a named network's (being
+    /// torn down): any other table is left alone. Returns how many there were.
+    pub async fn flush_table(&self) -> Result<usize, KernelError> {
+        if self.table < crate::network::ROUTE_TABLE_BASE {
+            return Ok(0);
+        }
+        let msgs = self.dump_ipv4_routes(format!("table {}", self.table)).await?;
+        let mut n = 0;
+        for m in msgs.into_iter().filter(|m| table_of(m) == self.table) {
+            let what = format!(
+                "{:?} route to {} in table {}",
+                m.header.kind,
+                destination(&m),
+                self.table
+            );
+            let res = self.handle.route().del(m).execute().await;
+            ignore_errnos(res, &[libc::ESRCH, libc::ENOENT, libc::ENODEV], "delete route", what)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// The output interface of the IPv4 default route in the main table (the lowest metric one
@@ -39,15 +105,16 @@ impl Kernel {
         let best = msgs
             .iter()
             .filter(|m| m.header.destination_prefix_length == 0)
-            .filter_map(|m| Some((priority(m), parse_main_unicast(m)?.oif)))
+            .filter_map(|m| Some((priority(m), parse_unicast(m, RT_TABLE_MAIN)?.oif)))
             .filter(|(_, oif)| *oif != 0)
             .min();
         Ok(best.map(|(_, oif)| oif))
     }
 
-    /// `ip route replace DST via GW dev OIF [onlink] proto P` (main table, scope universe).
+    /// `ip route replace DST via GW dev OIF [onlink] proto P` (this handle's table, scope
+    /// universe).
     pub async fn ensure_route(&self, route: &RouteEntry) -> Result<(), KernelError> {
-        let msg = route_message(route, RouteScope::Universe);
+        let msg = route_message(route, RouteScope::Universe, self.table);
         let res = self.handle.route().add(msg).replace().execute().await;
         res.map_err(|e| nl_error("add route", Show(route), e))
     }
@@ -56,7 +123,7 @@ impl Kernel {
     pub async fn remove_route(&self, route: &RouteEntry) -> Result<(), KernelError> {
         // Scope NOWHERE matches any scope on delete, as `ip route del` does, so a route read by
         // routes() can be deleted even if it is not one of ours (scope is not in RouteEntry).
-        let msg = route_message(route, RouteScope::NoWhere);
+        let msg = route_message(route, RouteScope::NoWhere, self.table);
         let res = self.handle.route().del(msg).execute().await;
         ignore_errnos(
             res,
@@ -80,14 +147,14 @@ impl Kernel {
     }
 }
 
-fn route_message(r: &RouteEntry, scope: RouteScope) -> RouteMessage {
+fn route_message(r: &RouteEntry, scope: RouteScope, table: u32) -> RouteMessage {
     let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(r.dst.addr(), r.dst.prefix_len())
         .output_interface(r.oif)
         .protocol(RouteProtocol::from(r.protocol))
         .scope(scope)
         .kind(RouteType::Unicast)
-        .table_id(RT_TABLE_MAIN);
+        .table_id(table);
     if !r.gateway.is_unspecified() {
         b = b.gateway(r.gateway);
     }
@@ -107,35 +174,58 @@ fn priority(m: &RouteMessage) -> u32 {
         .unwrap_or(0)
 }
 
-/// An IPv4 unicast route of the main table as a RouteEntry (oif 0 when it has none, e.g.
+/// The route's table: RTA_TABLE carries the full 32-bit id; the header byte is only a fallback.
+fn table_of(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
+}
+
+fn destination(m: &RouteMessage) -> Ipv4Addr {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
+
+/// An IPv4 unicast route of table `want_table` as a RouteEntry (oif 0 when it has none, e.g.
 /// multipath); None for anything else.
-pub(super) fn parse_main_unicast(m: &RouteMessage) -> Option<RouteEntry> {
+fn parse_unicast(m: &RouteMessage, want_table: u32) -> Option<RouteEntry> {
+    parse_any_unicast(m)
+        .filter(|&(table, _)| table == want_table)
+        .map(|(_, r)| r)
+}
+
+/// An IPv4 unicast route of any table as `(table, entry)`.
+pub(super) fn parse_any_unicast(m: &RouteMessage) -> Option<(u32, RouteEntry)> {
     let h = &m.header;
     if h.address_family != AddressFamily::Inet || h.kind != RouteType::Unicast {
         return None;
     }
-    // RTA_TABLE carries the full 32-bit id; the header byte is only a fallback.
-    let mut table = u32::from(h.table);
     let (mut dst, mut gateway, mut oif) = (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, 0);
     for a in &m.attributes {
         match a {
-            RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
             RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = *ip,
             RouteAttribute::Oif(i) => oif = *i,
             _ => {}
         }
     }
-    if table != RT_TABLE_MAIN {
-        return None;
-    }
-    Some(RouteEntry {
+    let entry = RouteEntry {
         dst: Ipv4Net::new(dst, h.destination_prefix_length).ok()?,
         gateway,
         oif,
         onlink: h.flags.contains(RouteFlags::Onlink),
         protocol: u8::from(h.protocol),
-    })
+    };
+    Some((table_of(m), entry))
 }
 
 /// `10.0.48.0/24 via 10.0.48.0 dev 7`, the way `ip route` would say it.

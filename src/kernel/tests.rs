@@ -312,6 +312,67 @@ fn routes() {
 }
 
 #[test]
+fn a_named_networks_table_rules_and_unreachable_route() {
+    if !can_run() {
+        return;
+    }
+    let ns = underlay();
+    let name = ns.name.clone();
+    ns.run(move || async move {
+        let (main, _va, vx) = vxlan_up().await;
+        let t = main.with_table(100_000_001);
+        assert_eq!((main.table(), t.table()), (254, 100_000_001));
+        let r = RouteEntry {
+            dst: "10.0.2.0/24".parse().unwrap(),
+            gateway: "10.0.2.0".parse().unwrap(),
+            oif: vx,
+            onlink: true,
+            protocol: ROUTE_PROTO_WEFT,
+        };
+        t.ensure_route(&r).await.unwrap();
+        // The table's routes are its handle's only.
+        assert_eq!(t.routes(vx).await.unwrap(), vec![r]);
+        assert_eq!(main.routes(vx).await.unwrap(), vec![]);
+        assert!(ip(&name, "route show table 100000001").contains("10.0.2.0/24 via 10.0.2.0 dev weft.1 proto 87 onlink"));
+
+        let net: Ipv4Net = "10.0.0.0/16".parse().unwrap();
+        t.ensure_unreachable(net, ROUTE_PROTO_WEFT).await.unwrap();
+        t.ensure_unreachable(net, ROUTE_PROTO_WEFT).await.unwrap();
+        assert_eq!(t.unreachable_routes(ROUTE_PROTO_WEFT).await.unwrap(), vec![net]);
+        assert_eq!(main.unreachable_routes(ROUTE_PROTO_WEFT).await.unwrap(), vec![]);
+        assert_eq!(t.routes(vx).await.unwrap(), vec![r], "unreachable is not a peer route");
+
+        let rules = crate::agent::isolation::wanted_rules("weft.1", 100_000_001, Some("10.0.1.0/24".parse().unwrap()));
+        for rule in &rules {
+            main.ensure_rule(rule).await.unwrap();
+            main.ensure_rule(rule).await.unwrap();
+        }
+        let mut have = main.weft_rules().await.unwrap();
+        have.sort();
+        assert_eq!(have, rules.iter().cloned().collect::<Vec<_>>());
+        let shown = ip(&name, "rule show");
+        assert!(shown.contains("1000:\tfrom 10.0.1.0/24 lookup 100000001 proto 87"), "{shown}");
+        assert!(shown.contains("1000:\tfrom all oif weft.1 lookup 100000001 proto 87"), "{shown}");
+        // Somebody else's rule is not ours.
+        ip(&name, "rule add from 10.9.0.0/16 lookup 100 priority 500");
+        assert_eq!(main.weft_rules().await.unwrap().len(), 3);
+        for rule in &rules {
+            main.remove_rule(rule).await.unwrap();
+            main.remove_rule(rule).await.unwrap();
+        }
+        assert_eq!(main.weft_rules().await.unwrap(), vec![]);
+        assert!(ip(&name, "rule show").contains("from 10.9.0.0/16 lookup 100"));
+
+        // Flushing the named table empties it; the main table is never flushed.
+        assert_eq!(t.flush_table().await.unwrap(), 2);
+        assert_eq!(ip(&name, "route show table 100000001").trim(), "");
+        ip(&name, "route add 10.7.0.0/16 dev weft.1");
+        assert_eq!(main.flush_table().await.unwrap(), 0);
+        assert!(ip(&name, "route show").contains("10.7.0.0/16"));
+    });
+}
+
+#[test]
 fn neighs() {
     if !can_run() {
         return;
@@ -516,7 +577,11 @@ fn monitor_events() {
         };
         let route_event = |deleted| KernelEvent::Route {
             oif: Some(va),
-            change: Some(Change::Route { entry: route, deleted }),
+            change: Some(Change::Route {
+                table: 254,
+                entry: route,
+                deleted,
+            }),
         };
         ip(&name, "route add 10.0.4.0/24 via 192.0.2.4 dev va");
         expect_event(&mut rx, |e| *e == route_event(false)).await;

@@ -65,8 +65,12 @@ pub enum Change {
         permanent: bool,
         deleted: bool,
     },
-    /// A main-table unicast IPv4 route.
-    Route { entry: RouteEntry, deleted: bool },
+    /// A unicast IPv4 route in routing table `table`.
+    Route {
+        table: u32,
+        entry: RouteEntry,
+        deleted: bool,
+    },
 }
 
 impl Observed {
@@ -113,8 +117,8 @@ impl Observed {
     /// the agent carried out itself does; false if someone else changed what weft manages.
     /// Entries on other devices (`vxlan` is weft's device, `route_oifs` the devices whose routes
     /// are in the view) and non-permanent neighbours for addresses weft does not program are
-    /// not weft's business and agree trivially.
-    pub fn agrees_with(&self, change: &Change, vxlan: u32, route_oifs: &[u32]) -> bool {
+    /// not weft's business and agree trivially, as do routes outside `table`, the view's.
+    pub fn agrees_with(&self, change: &Change, vxlan: u32, table: u32, route_oifs: &[u32]) -> bool {
         match *change {
             Change::Neigh { index, .. } | Change::Fdb { index, .. } if index != vxlan => true,
             Change::Neigh {
@@ -129,8 +133,8 @@ impl Observed {
                 ..
             } => self.fdbs_of(entry.mac).next().is_none(),
             Change::Fdb { entry, deleted, .. } => self.fdbs.contains(&entry) != deleted,
-            Change::Route { entry, .. } if !route_oifs.contains(&entry.oif) => true,
-            Change::Route { entry, deleted } => self.routes.contains(&entry) != deleted,
+            Change::Route { table: t, entry, .. } if t != table || !route_oifs.contains(&entry.oif) => true,
+            Change::Route { entry, deleted, .. } => self.routes.contains(&entry) != deleted,
         }
     }
 

@@ -10,6 +10,8 @@ use std::net::Ipv4Addr;
 
 const DEV: u32 = 7;
 const OTHER_DEV: u32 = 2;
+/// The main routing table's id.
+const MAIN: u32 = 254;
 
 fn net() -> Ipv4Net {
     "10.0.0.0/16".parse().unwrap()
@@ -365,6 +367,7 @@ fn echo(op: &Op) -> Change {
             deleted: matches!(op, Op::RemoveFdb(_)),
         },
         Op::RemoveRoute(entry) | Op::EnsureRoute(entry) => Change::Route {
+            table: MAIN,
             entry,
             deleted: matches!(op, Op::RemoveRoute(_)),
         },
@@ -385,7 +388,7 @@ proptest! {
         for op in &ops {
             let later_on_same = ops.iter().skip_while(|o| *o != op).skip(1).any(|o| same_key(o, op));
             if !later_on_same {
-                prop_assert!(view.agrees_with(&echo(op), DEV, &[DEV]), "{op} disagrees with the view");
+                prop_assert!(view.agrees_with(&echo(op), DEV, MAIN, &[DEV]), "{op} disagrees with the view");
             }
         }
     }
@@ -396,15 +399,15 @@ proptest! {
         let view = apply(&Observed::default(), &plan(net(), Devices::vxlan_only(DEV), &peers, &Observed::default()));
         for n in &view.neighs {
             let c = Change::Neigh { index: DEV, entry: *n, permanent: true, deleted: true };
-            prop_assert!(!view.agrees_with(&c, DEV, &[DEV]));
+            prop_assert!(!view.agrees_with(&c, DEV, MAIN, &[DEV]));
         }
         for f in &view.fdbs {
             let c = Change::Fdb { index: DEV, entry: *f, permanent: true, deleted: true };
-            prop_assert!(!view.agrees_with(&c, DEV, &[DEV]));
+            prop_assert!(!view.agrees_with(&c, DEV, MAIN, &[DEV]));
         }
         for r in &view.routes {
-            let c = Change::Route { entry: *r, deleted: true };
-            prop_assert!(!view.agrees_with(&c, DEV, &[DEV]));
+            let c = Change::Route { table: MAIN, entry: *r, deleted: true };
+            prop_assert!(!view.agrees_with(&c, DEV, MAIN, &[DEV]));
         }
     }
 }
@@ -440,7 +443,7 @@ fn foreign_entries_the_view_does_not_hold_are_noticed_and_kernel_churn_is_not() 
         permanent: false,
         deleted: false,
     };
-    assert!(!view.agrees_with(&learnt, DEV, &[DEV]));
+    assert!(!view.agrees_with(&learnt, DEV, MAIN, &[DEV]));
     // The kernel resolving some other address on the device: not our business.
     let other = NeighEntry {
         ip: Ipv4Addr::new(10, 0, 99, 1),
@@ -452,7 +455,7 @@ fn foreign_entries_the_view_does_not_hold_are_noticed_and_kernel_churn_is_not() 
         permanent: false,
         deleted: false,
     };
-    assert!(view.agrees_with(&churn, DEV, &[DEV]));
+    assert!(view.agrees_with(&churn, DEV, MAIN, &[DEV]));
     // A route added by hand on our device: noticed; on another device: not ours.
     let hand = RouteEntry {
         dst: "10.0.99.0/24".parse().unwrap(),
@@ -463,19 +466,23 @@ fn foreign_entries_the_view_does_not_hold_are_noticed_and_kernel_churn_is_not() 
     };
     assert!(!view.agrees_with(
         &Change::Route {
+            table: MAIN,
             entry: hand,
             deleted: false
         },
         DEV,
+        MAIN,
         &[DEV]
     ));
     let elsewhere = RouteEntry { oif: OTHER_DEV, ..hand };
     assert!(view.agrees_with(
         &Change::Route {
+            table: MAIN,
             entry: elsewhere,
             deleted: false
         },
         DEV,
+        MAIN,
         &[DEV]
     ));
     // A route of ours changed to another gateway: noticed.
@@ -485,10 +492,12 @@ fn foreign_entries_the_view_does_not_hold_are_noticed_and_kernel_churn_is_not() 
     };
     assert!(!view.agrees_with(
         &Change::Route {
+            table: MAIN,
             entry: moved,
             deleted: false
         },
         DEV,
+        MAIN,
         &[DEV]
     ));
 }

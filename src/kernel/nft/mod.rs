@@ -1,8 +1,10 @@
 //! weft's nftables table: masquerade (`--ip-masq`), forwarding of overlay traffic, and VXLAN
 //! accepted only from current peers.
 //!
-//! Everything lives in one table, `ip weft`, that weft owns entirely: nothing outside it is
-//! read or written. [`ensure`] compares the table in the kernel with the one [`render`]ed from a
+//! Everything of one network lives in one table that weft owns entirely: `ip weft` for the
+//! default network, `ip weft-NAME` for a named one (which also isolates its device: nothing
+//! enters or leaves the tenant through the host). Nothing outside these tables is read or
+//! written; each agent only ever touches its network's table. [`ensure`] compares the table in the kernel with the one [`render`]ed from a
 //! [`FirewallSpec`] and, only if they differ, rewrites it in one atomic `nft` transaction (a
 //! change of peers alone only swaps the set's elements). Call it on every reconcile: a rule
 //! changed by hand is back within one resync. [`remove`] is for `weft agent --cleanup`.
@@ -11,19 +13,23 @@
 //! use weft::kernel::nft::{self, FirewallSpec};
 //! # fn main() -> Result<(), weft::kernel::KernelError> {
 //! let spec = FirewallSpec {
+//!     table: nft::TABLE.into(),
 //!     network: "10.0.0.0/16".parse().unwrap(),
 //!     own_subnet: "10.0.37.0/24".parse().unwrap(),
 //!     ip_masq: true,
 //!     vxlan_port: 8472,
 //!     peers: ["198.51.100.10".parse().unwrap()].into(),
 //!     filter_vxlan: true,
+//!     vni: None,
+//!     exempt_vnis: Default::default(),
+//!     isolate: None,
 //! };
 //! let applied = nft::ensure(&spec)?; // every reconcile; cheap when nothing changed
 //! if applied == nft::Applied::Rewritten {
 //!     tracing::warn!("nft table ip weft differed from the desired one: repaired");
 //! }
-//! let dropped = nft::dropped_vxlan_packets()?; // for /metrics
-//! nft::remove()?; // --cleanup
+//! let dropped = nft::dropped_vxlan_packets(nft::TABLE)?; // for /metrics
+//! nft::remove(nft::TABLE)?; // --cleanup
 //! # let _ = dropped; Ok(()) }
 //! ```
 //!
@@ -55,8 +61,8 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
-/// The table's name (family `ip`): `nft list table ip weft`.
-pub const TABLE: &str = "weft";
+/// The default network's table (family `ip`): `nft list table ip weft`.
+pub const TABLE: &str = crate::network::DEFAULT_NFT_TABLE;
 const CHAIN_POSTROUTING: &str = "postrouting";
 const CHAIN_FORWARD: &str = "forward";
 const CHAIN_INPUT: &str = "input";
@@ -64,10 +70,14 @@ const CHAIN_INPUT: &str = "input";
 pub const SET_PEERS: &str = "peers";
 /// The named counter of VXLAN datagrams dropped because they did not come from a peer.
 pub const COUNTER_VXLAN_DROPPED: &str = "vxlan_dropped";
+/// The named counter of packets dropped for crossing a named network's boundary.
+pub const COUNTER_ISOLATION_DROPPED: &str = "isolation_dropped";
 
-/// What weft's table should contain.
+/// What one of weft's tables should contain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallSpec {
+    /// The table's name: [`TABLE`] for the default network, `weft-NAME` for a named one.
+    pub table: String,
     /// The overlay (`Network` of the config), e.g. 10.0.0.0/16.
     pub network: Ipv4Net,
     /// This host's lease, e.g. 10.0.37.0/24.
@@ -83,6 +93,18 @@ pub struct FirewallSpec {
     /// all VXLAN is dropped. Peers behind NAT must appear with the address their packets
     /// arrive from, which is their lease's `PublicIP` in flannel's model.
     pub filter_vxlan: bool,
+    /// The filter looks at VXLAN datagrams of this VNI only (`@th,96,24`, the VNI field after
+    /// the UDP header): a named network's table polices its own VNI. `None`: every VXLAN
+    /// datagram on the port (the default network's table) except those of `exempt_vnis`.
+    pub vni: Option<u32>,
+    /// VNIs left to their own networks' tables (the named networks served on this host), so
+    /// the default network's table never drops a tenant's traffic from a host that is the
+    /// tenant's peer but not the default network's.
+    pub exempt_vnis: BTreeSet<u32>,
+    /// A named network's device: drop (and count) what would cross the network's boundary on
+    /// this host — arriving on the device for an address not on it, forwarded from the device
+    /// elsewhere or from elsewhere to it, or arriving elsewhere for `own_subnet`.
+    pub isolate: Option<String>,
 }
 
 /// What [`ensure`] had to do.
@@ -105,11 +127,11 @@ impl Applied {
     }
 }
 
-/// Makes the kernel's `ip weft` table match `spec`, writing only if it differs.
+/// Makes the kernel's table `spec.table` match `spec`, writing only if it differs.
 pub fn ensure(spec: &FirewallSpec) -> Result<Applied, KernelError> {
     let want_objs: Vec<Value> = render::table_objects(spec).iter().map(to_value).collect();
     let want = canonical(&want_objs);
-    let Some(have_objs) = list_table()? else {
+    let Some(have_objs) = list_table(&spec.table)? else {
         apply("create table", &render(spec))?;
         return Ok(Applied::Created);
     };
@@ -118,11 +140,11 @@ pub fn ensure(spec: &FirewallSpec) -> Result<Applied, KernelError> {
         return Ok(Applied::Unchanged);
     }
     if have.objects == want.objects && have.rules == want.rules {
-        apply("update set peers", &peers_update(&spec.peers))?;
+        apply("update set peers", &peers_update(&spec.table, &spec.peers))?;
         return Ok(Applied::PeersUpdated);
     }
     let mut batch = to_value(&render(spec));
-    if let Some(old) = have_objs.iter().find_map(|o| o.get("counter")) {
+    for old in have_objs.iter().filter_map(|o| o.get("counter")) {
         carry_counter(&mut batch, old);
     }
     apply("rewrite table", &batch)?;
@@ -133,8 +155,8 @@ pub fn ensure(spec: &FirewallSpec) -> Result<Applied, KernelError> {
 /// table: the fast path for a peer joining or leaving (one `nft` run instead of a list, a
 /// compare and a write). Fails if the table or an element to remove is missing; the caller
 /// then falls back to [`ensure`].
-pub fn update_peers(added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Result<(), KernelError> {
-    let set = json!({"family": "ip", "table": TABLE, "name": SET_PEERS});
+pub fn update_peers(table: &str, added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Result<(), KernelError> {
+    let set = json!({"family": "ip", "table": table, "name": SET_PEERS});
     let mut cmds = Vec::new();
     let mut with = |verb: &str, ips: &[Ipv4Addr]| {
         if !ips.is_empty() {
@@ -151,13 +173,13 @@ pub fn update_peers(added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Result<(), Kern
     apply("update peers", &json!({ "nftables": cmds }))
 }
 
-/// Deletes the table. Ok(false) if there was none.
-pub fn remove() -> Result<bool, KernelError> {
-    if list_table()?.is_none() {
+/// Deletes table `table`. Ok(false) if there was none.
+pub fn remove(table: &str) -> Result<bool, KernelError> {
+    if list_table(table)?.is_none() {
         return Ok(false);
     }
     // add + delete: succeeds even if the table vanished since we looked.
-    let table = json!({"family": "ip", "name": TABLE});
+    let table = json!({"family": "ip", "name": table});
     apply(
         "delete table",
         &json!({"nftables": [{"add": {"table": table}}, {"delete": {"table": table}}]}),
@@ -165,9 +187,25 @@ pub fn remove() -> Result<bool, KernelError> {
     Ok(true)
 }
 
-/// Packets counted by the VXLAN filter since the table was created (0 if there is no table).
-pub fn dropped_vxlan_packets() -> Result<u64, KernelError> {
-    let args = ["-j", "list", "counter", "ip", TABLE, COUNTER_VXLAN_DROPPED];
+/// The names of every `ip` family table (weft's and anybody else's).
+pub fn tables() -> Result<Vec<String>, KernelError> {
+    let out = nft("list tables", &["-j", "list", "tables", "ip"], None)?;
+    let v = parse("list tables", &out)?;
+    Ok(objects(&v)
+        .iter()
+        .filter_map(|o| o.get("table")?.get("name")?.as_str().map(String::from))
+        .collect())
+}
+
+/// Packets counted by table `table`'s VXLAN filter since it was created (0 if there is no
+/// table).
+pub fn dropped_vxlan_packets(table: &str) -> Result<u64, KernelError> {
+    counter_packets(table, COUNTER_VXLAN_DROPPED)
+}
+
+/// Packets counted by a named counter of `table` (0 if there is no such table or counter).
+pub fn counter_packets(table: &str, counter: &str) -> Result<u64, KernelError> {
+    let args = ["-j", "list", "counter", "ip", table, counter];
     let Some(out) = nft_allow_missing("list counter", &args)? else {
         return Ok(0);
     };
@@ -179,8 +217,8 @@ pub fn dropped_vxlan_packets() -> Result<u64, KernelError> {
 }
 
 /// The table's objects as listed, None if there is no table.
-fn list_table() -> Result<Option<Vec<Value>>, KernelError> {
-    let Some(out) = nft_allow_missing("list table", &["-j", "list", "table", "ip", TABLE])? else {
+fn list_table(table: &str) -> Result<Option<Vec<Value>>, KernelError> {
+    let Some(out) = nft_allow_missing("list table", &["-j", "list", "table", "ip", table])? else {
         return Ok(None);
     };
     let v = parse("list table", &out)?;
@@ -188,8 +226,8 @@ fn list_table() -> Result<Option<Vec<Value>>, KernelError> {
 }
 
 /// Replaces the peers set's elements in one transaction.
-fn peers_update(peers: &BTreeSet<Ipv4Addr>) -> Value {
-    let set = json!({"family": "ip", "table": TABLE, "name": SET_PEERS});
+fn peers_update(table: &str, peers: &BTreeSet<Ipv4Addr>) -> Value {
+    let set = json!({"family": "ip", "table": table, "name": SET_PEERS});
     let mut cmds = vec![json!({"flush": {"set": set}})];
     if !peers.is_empty() {
         let elem: Vec<String> = peers.iter().map(Ipv4Addr::to_string).collect();

@@ -3,10 +3,16 @@
 //! The shapes here are exactly the ones `nft -j list table` prints back (payload matches,
 //! prefixes, `"prio": 100` rather than `srcnat`), so the comparison in `compare` stays simple.
 
-use super::{FirewallSpec, CHAIN_FORWARD, CHAIN_INPUT, CHAIN_POSTROUTING, COUNTER_VXLAN_DROPPED, SET_PEERS, TABLE};
+use super::{
+    FirewallSpec, CHAIN_FORWARD, CHAIN_INPUT, CHAIN_POSTROUTING, COUNTER_ISOLATION_DROPPED, COUNTER_VXLAN_DROPPED,
+    SET_PEERS,
+};
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
-use nftables::expr::{BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::expr::{
+    BinaryOperation, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadBase,
+    PayloadField, PayloadRaw, Prefix,
+};
 use nftables::schema::{Chain, Counter, NfListObject, Nftables, Rule, Set, SetType, SetTypeValue, Table};
 use nftables::stmt::{self, Match, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -31,8 +37,8 @@ const PRIO_FILTER: i32 = 0;
 /// Deterministic: the same spec always gives the same batch (peers are a `BTreeSet`).
 pub fn render(spec: &FirewallSpec) -> Nftables<'static> {
     let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
+    batch.add(NfListObject::Table(table(&spec.table)));
+    batch.delete(NfListObject::Table(table(&spec.table)));
     for obj in table_objects(spec) {
         batch.add(obj);
     }
@@ -42,42 +48,139 @@ pub fn render(spec: &FirewallSpec) -> Nftables<'static> {
 /// The table's contents in the order `nft list table` prints them: table, counters, sets,
 /// chains, then each chain's rules.
 pub(super) fn table_objects(spec: &FirewallSpec) -> Vec<NfListObject<'static>> {
-    let mut objs = vec![
-        NfListObject::Table(table()),
-        // Always present, so the metric exists (as 0) even with the filter off.
+    let t = spec.table.as_str();
+    let counter = |name: &'static str| {
         NfListObject::Counter(Counter {
             family: FAMILY,
-            table: TABLE.into(),
-            name: COUNTER_VXLAN_DROPPED.into(),
+            table: t.to_string().into(),
+            name: name.into(),
             handle: None,
             packets: None,
             bytes: None,
-        }),
-        NfListObject::Set(Box::new(peers_set(spec))),
-    ];
+        })
+    };
+    // Always present, so the metric exists (as 0) even with the filter off.
+    let mut objs = vec![NfListObject::Table(table(t)), counter(COUNTER_VXLAN_DROPPED)];
+    if spec.isolate.is_some() {
+        objs.push(counter(COUNTER_ISOLATION_DROPPED));
+    }
+    objs.push(NfListObject::Set(Box::new(peers_set(spec))));
     let mut rules = Vec::new();
     if spec.ip_masq {
         objs.push(base_chain(
+            t,
             CHAIN_POSTROUTING,
             NfChainType::NAT,
             NfHook::Postrouting,
             PRIO_SRCNAT,
         ));
-        rules.extend(masq_rules(spec).into_iter().map(|r| rule(CHAIN_POSTROUTING, r)));
+        rules.extend(masq_rules(spec).into_iter().map(|r| rule(t, CHAIN_POSTROUTING, r)));
     }
     objs.push(base_chain(
+        t,
         CHAIN_FORWARD,
         NfChainType::Filter,
         NfHook::Forward,
         PRIO_FILTER,
     ));
-    rules.extend(forward_rules(spec).into_iter().map(|r| rule(CHAIN_FORWARD, r)));
+    if let Some(dev) = &spec.isolate {
+        rules.extend(
+            forward_isolation_rules(dev)
+                .into_iter()
+                .map(|r| rule(t, CHAIN_FORWARD, r)),
+        );
+    }
+    rules.extend(forward_rules(spec).into_iter().map(|r| rule(t, CHAIN_FORWARD, r)));
+    if spec.filter_vxlan || spec.isolate.is_some() {
+        objs.push(base_chain(
+            t,
+            CHAIN_INPUT,
+            NfChainType::Filter,
+            NfHook::Input,
+            PRIO_FILTER,
+        ));
+    }
     if spec.filter_vxlan {
-        objs.push(base_chain(CHAIN_INPUT, NfChainType::Filter, NfHook::Input, PRIO_FILTER));
-        rules.push(rule(CHAIN_INPUT, vxlan_filter_rule(spec)));
+        rules.push(rule(t, CHAIN_INPUT, vxlan_filter_rule(spec)));
+    }
+    if let Some(dev) = &spec.isolate {
+        rules.extend(
+            input_isolation_rules(dev, spec.own_subnet)
+                .into_iter()
+                .map(|r| rule(t, CHAIN_INPUT, r)),
+        );
     }
     objs.extend(rules);
     objs
+}
+
+/// A named network's device is a boundary: what arrives on it may only be forwarded back out
+/// of it (to another host of the network), and nothing is forwarded into it from elsewhere.
+/// First in the chain: the flannel accepts below would otherwise end it.
+fn forward_isolation_rules(dev: &str) -> Vec<Vec<Statement<'static>>> {
+    vec![
+        vec![
+            iifname(Operator::EQ, dev),
+            oifname(Operator::NEQ, dev),
+            isolation_drop(),
+            drop(),
+        ],
+        vec![
+            oifname(Operator::EQ, dev),
+            iifname(Operator::NEQ, dev),
+            isolation_drop(),
+            drop(),
+        ],
+    ]
+}
+
+/// Delivered to this host: through the device only to an address of the device (not to the
+/// host's addresses in other networks, which the kernel would otherwise accept on any
+/// interface), and to the network's own subnet only through the device (or from the host
+/// itself, over `lo`).
+fn input_isolation_rules(dev: &str, own_subnet: Ipv4Net) -> Vec<Vec<Statement<'static>>> {
+    let not_local = Statement::Match(Match {
+        left: Expression::Named(NamedExpression::Fib(Fib {
+            result: FibResult::Type,
+            flags: [FibFlag::Daddr, FibFlag::Iif].into_iter().collect(),
+        })),
+        right: Expression::String("local".into()),
+        op: Operator::NEQ,
+    });
+    vec![
+        vec![iifname(Operator::EQ, dev), not_local, isolation_drop(), drop()],
+        vec![
+            iifname(Operator::NEQ, dev),
+            iifname(Operator::NEQ, "lo"),
+            daddr(Operator::EQ, own_subnet),
+            isolation_drop(),
+            drop(),
+        ],
+    ]
+}
+
+fn meta_match(key: MetaKey, op: Operator, value: &str) -> Statement<'static> {
+    Statement::Match(Match {
+        left: Expression::Named(NamedExpression::Meta(Meta { key })),
+        right: Expression::String(value.to_string().into()),
+        op,
+    })
+}
+
+fn iifname(op: Operator, dev: &str) -> Statement<'static> {
+    meta_match(MetaKey::Iifname, op, dev)
+}
+
+fn oifname(op: Operator, dev: &str) -> Statement<'static> {
+    meta_match(MetaKey::Oifname, op, dev)
+}
+
+fn isolation_drop() -> Statement<'static> {
+    Statement::Counter(stmt::Counter::Named(COUNTER_ISOLATION_DROPPED.into()))
+}
+
+fn drop() -> Statement<'static> {
+    Statement::Drop(None)
 }
 
 /// flannel's FLANNEL-POSTRTG, rule for rule (see the v0.20.2 capture).
@@ -107,14 +210,31 @@ fn forward_rules(spec: &FirewallSpec) -> Vec<Vec<Statement<'static>>> {
     ]
 }
 
-/// `udp dport PORT ip saddr != @peers counter name vxlan_dropped drop`
+/// `udp dport PORT [@th,96,24 VNI | @th,96,24 != EXEMPT …] ip saddr != @peers counter name
+/// vxlan_dropped drop`
 fn vxlan_filter_rule(spec: &FirewallSpec) -> Vec<Statement<'static>> {
-    vec![
+    let mut v = vec![Statement::Match(Match {
+        left: payload("udp", "dport"),
+        right: Expression::Number(u32::from(spec.vxlan_port)),
+        op: Operator::EQ,
+    })];
+    // The VXLAN header follows the 8-byte UDP header: flags (8 bits), reserved (24), VNI (24).
+    let vni_match = |op: Operator, vni: u32| {
         Statement::Match(Match {
-            left: payload("udp", "dport"),
-            right: Expression::Number(u32::from(spec.vxlan_port)),
-            op: Operator::EQ,
-        }),
+            left: Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(PayloadRaw {
+                base: PayloadBase::TH,
+                offset: 96,
+                len: 24,
+            }))),
+            right: Expression::Number(vni),
+            op,
+        })
+    };
+    match spec.vni {
+        Some(vni) => v.push(vni_match(Operator::EQ, vni)),
+        None => v.extend(spec.exempt_vnis.iter().map(|vni| vni_match(Operator::NEQ, *vni))),
+    }
+    v.extend([
         Statement::Match(Match {
             left: payload("ip", "saddr"),
             right: Expression::String(format!("@{SET_PEERS}").into()),
@@ -122,13 +242,14 @@ fn vxlan_filter_rule(spec: &FirewallSpec) -> Vec<Statement<'static>> {
         }),
         Statement::Counter(stmt::Counter::Named(COUNTER_VXLAN_DROPPED.into())),
         Statement::Drop(None),
-    ]
+    ]);
+    v
 }
 
-fn table() -> Table<'static> {
+fn table(name: &str) -> Table<'static> {
     Table {
         family: FAMILY,
-        name: TABLE.into(),
+        name: name.to_string().into(),
         handle: None,
     }
 }
@@ -141,7 +262,7 @@ fn peers_set(spec: &FirewallSpec) -> Set<'static> {
         .collect();
     Set {
         family: FAMILY,
-        table: TABLE.into(),
+        table: spec.table.clone().into(),
         name: SET_PEERS.into(),
         handle: None,
         set_type: SetTypeValue::Single(SetType::Ipv4Addr),
@@ -156,10 +277,10 @@ fn peers_set(spec: &FirewallSpec) -> Set<'static> {
     }
 }
 
-fn base_chain(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> NfListObject<'static> {
+fn base_chain(table: &str, name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> NfListObject<'static> {
     NfListObject::Chain(Chain {
         family: FAMILY,
-        table: TABLE.into(),
+        table: table.to_string().into(),
         name: name.into(),
         newname: None,
         handle: None,
@@ -171,10 +292,10 @@ fn base_chain(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) ->
     })
 }
 
-fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
+fn rule(table: &str, chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
     NfListObject::Rule(Rule {
         family: FAMILY,
-        table: TABLE.into(),
+        table: table.to_string().into(),
         chain: chain.into(),
         expr: expr.into(),
         handle: None,
@@ -251,6 +372,7 @@ mod unit {
 
     pub(crate) fn spec() -> FirewallSpec {
         FirewallSpec {
+            table: "weft".into(),
             network: "10.0.0.0/16".parse().unwrap(),
             own_subnet: "10.0.37.0/24".parse().unwrap(),
             ip_masq: true,
@@ -260,6 +382,9 @@ mod unit {
                 .map(|s| s.parse().unwrap())
                 .collect(),
             filter_vxlan: true,
+            vni: None,
+            exempt_vnis: BTreeSet::new(),
+            isolate: None,
         }
     }
 
@@ -359,6 +484,48 @@ mod unit {
         assert!(
             off.contains(r#""counter":{"family":"ip","table":"weft","name":"vxlan_dropped""#),
             "{off}"
+        );
+    }
+
+    #[test]
+    fn a_named_network_has_its_table_polices_its_vni_and_isolates_its_device() {
+        let s = json(&FirewallSpec {
+            table: "weft-a".into(),
+            vni: Some(100),
+            isolate: Some("weft.100".into()),
+            ip_masq: false,
+            ..spec()
+        });
+        assert!(
+            s.contains(r#"{"add":{"table":{"family":"ip","name":"weft-a"}}}"#),
+            "{s}"
+        );
+        assert!(!s.contains(r#""table":"weft","#), "{s}");
+        assert!(
+            s.contains(r#"{"payload":{"base":"th","offset":96,"len":24}},"right":100,"op":"=="}}"#),
+            "{s}"
+        );
+        assert!(s.contains(r#""name":"isolation_dropped""#), "{s}");
+        // Forward: the two boundary drops come before flannel's accepts.
+        let drop_at = s.find(r#""right":"weft.100","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}}"#);
+        let accept_at = s.find(r#"{"accept":null}"#);
+        assert!(drop_at.is_some() && drop_at < accept_at, "{s}");
+        assert!(
+            s.contains(r#""right":"local","op":"!="}},{"counter":"isolation_dropped"},{"drop":null}"#),
+            "{s}"
+        );
+        assert!(s.contains(r#""right":"lo","op":"!="}}"#), "{s}");
+        // The default network's table has none of it, and leaves the named networks' VNIs to
+        // their tables.
+        let d = json(&spec());
+        assert!(!d.contains("isolation") && !d.contains("\"th\""), "{d}");
+        let d = json(&FirewallSpec {
+            exempt_vnis: [100, 200].into(),
+            ..spec()
+        });
+        assert!(
+            d.contains(r#""right":8472,"op":"=="}},{"match":{"left":{"payload":{"base":"th","offset":96,"len":24}},"right":100,"op":"!="}},{"match":{"left":{"payload":{"base":"th","offset":96,"len":24}},"right":200,"op":"!="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}}"#),
+            "{d}"
         );
     }
 }

@@ -7,12 +7,16 @@ use std::time::Duration;
 
 fn spec() -> FirewallSpec {
     FirewallSpec {
+        table: TABLE.into(),
         network: "10.0.0.0/16".parse().unwrap(),
         own_subnet: "10.0.37.0/24".parse().unwrap(),
         ip_masq: true,
         vxlan_port: 8472,
         peers: ["198.51.100.2".parse().unwrap()].into(),
         filter_vxlan: true,
+        vni: None,
+        exempt_vnis: Default::default(),
+        isolate: None,
     }
 }
 
@@ -75,10 +79,53 @@ fn ensure_repair_and_remove() {
     assert!(!listing(&ns).contains("postrouting"));
     assert_eq!(ensure_in(&ns, &no_masq), Applied::Unchanged);
 
-    assert!(ns.enter(remove).unwrap());
-    assert!(!ns.enter(remove).unwrap());
+    assert!(ns.enter(|| remove(TABLE)).unwrap());
+    assert!(!ns.enter(|| remove(TABLE)).unwrap());
     assert!(!ns.exec_ok("nft list tables").contains("weft"));
-    assert_eq!(ns.enter(dropped_vxlan_packets).unwrap(), 0);
+    assert_eq!(ns.enter(|| dropped_vxlan_packets(TABLE)).unwrap(), 0);
+}
+
+#[test]
+fn a_named_networks_table_reads_back_as_rendered_and_lives_beside_the_default() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let named = FirewallSpec {
+        table: "weft-tenant-a".into(),
+        vni: Some(100),
+        isolate: Some("weft.100".into()),
+        ..spec()
+    };
+    assert_eq!(ensure_in(&ns, &named), Applied::Created);
+    // nft lists raw payloads, fib and iifname matches back the way they were rendered.
+    assert_eq!(ensure_in(&ns, &named), Applied::Unchanged);
+    let text = ns.exec_ok("nft list table ip weft-tenant-a");
+    for want in [
+        "udp dport 8472 @th,96,24 0x64 ip saddr != @peers counter name \"vxlan_dropped\" drop",
+        "iifname \"weft.100\" fib daddr . iif type != local counter name \"isolation_dropped\" drop",
+        "iifname \"weft.100\" oifname != \"weft.100\" counter name \"isolation_dropped\" drop",
+    ] {
+        assert!(text.contains(want), "{want} missing in\n{text}");
+    }
+    let default = FirewallSpec {
+        exempt_vnis: [100, 200].into(),
+        ..spec()
+    };
+    assert_eq!(ensure_in(&ns, &default), Applied::Created);
+    assert_eq!(ensure_in(&ns, &default), Applied::Unchanged);
+    assert!(listing(&ns).contains("udp dport 8472 @th,96,24 != 0x64 @th,96,24 != 0xc8 ip saddr != @peers"));
+    let peers = vec!["192.0.2.77".parse().unwrap()];
+    ns.enter(move || update_peers("weft-tenant-a", &peers, &[])).unwrap();
+    assert!(ns.exec_ok("nft list set ip weft-tenant-a peers").contains("192.0.2.77"));
+    assert!(!ns.exec_ok("nft list set ip weft peers").contains("192.0.2.77"));
+    let listed = ns.enter(tables).unwrap();
+    assert!(
+        listed.contains(&"weft".to_string()) && listed.contains(&"weft-tenant-a".to_string()),
+        "{listed:?}"
+    );
+    assert!(ns.enter(|| remove("weft-tenant-a")).unwrap());
+    assert_eq!(ns.enter(tables).unwrap(), ["weft"]);
 }
 
 #[test]
@@ -186,8 +233,8 @@ fn errors_carry_nft_stderr() {
         "{text}"
     );
     // A missing table is not an error where "absent" is a normal answer.
-    assert_eq!(ns.enter(dropped_vxlan_packets).unwrap(), 0);
-    assert!(!ns.enter(remove).unwrap());
+    assert_eq!(ns.enter(|| dropped_vxlan_packets(TABLE)).unwrap(), 0);
+    assert!(!ns.enter(|| remove(TABLE)).unwrap());
 }
 
 /// A bound UDP socket in `ns`.
@@ -214,13 +261,13 @@ fn vxlan_only_from_peers() {
 
     stranger.send_to(b"stranger", "198.51.100.1:8472").unwrap();
     assert!(rx.recv_from(&mut buf).is_err(), "a non-peer's datagram arrived");
-    assert_eq!(host.enter(dropped_vxlan_packets).unwrap(), 1);
+    assert_eq!(host.enter(|| dropped_vxlan_packets(TABLE)).unwrap(), 1);
 
     peer.send_to(b"peer", "198.51.100.1:8472").unwrap();
     let (n, from) = rx.recv_from(&mut buf).expect("the peer's datagram");
     assert_eq!(&buf[..n], b"peer");
     assert_eq!(from.ip().to_string(), "198.51.100.2");
-    assert_eq!(host.enter(dropped_vxlan_packets).unwrap(), 1);
+    assert_eq!(host.enter(|| dropped_vxlan_packets(TABLE)).unwrap(), 1);
 
     // Other ports are not filtered.
     let rx2 = udp(&host, "198.51.100.1:9000");
@@ -230,7 +277,7 @@ fn vxlan_only_from_peers() {
     // A rewrite (here: a hand edit repaired) keeps the counter's value.
     host.exec_ok("nft flush chain ip weft forward");
     assert_eq!(ensure_in(&host, &spec()), Applied::Rewritten);
-    assert_eq!(host.enter(dropped_vxlan_packets).unwrap(), 1);
+    assert_eq!(host.enter(|| dropped_vxlan_packets(TABLE)).unwrap(), 1);
 
     // The filter off: everyone's VXLAN gets through.
     let open = FirewallSpec {
