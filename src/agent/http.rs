@@ -65,6 +65,13 @@ impl Shared {
         }
     }
 
+    /// Forgets the peer report (until the next `set_peers`), releasing its hold on the set.
+    pub fn clear_peers(&self) {
+        if let Ok(mut lazy) = self.peers.lock() {
+            *lazy = LazyPeers::default();
+        }
+    }
+
     pub fn set_peers(&self, report: Arc<PeerReport>) {
         if let Ok(mut lazy) = self.peers.lock() {
             *lazy = LazyPeers {

@@ -24,7 +24,7 @@ use crate::config::NetworkConfig;
 use crate::kernel::{self, Kernel, KernelError, KernelEvent, LinkInfo, VxlanSpec};
 use crate::lease::vxlan_lease_value;
 use crate::network::NetworkKeys;
-use crate::planner::peers::ParsedLease;
+use crate::planner::peers::{LeaseTable, ParsedLease};
 use crate::store::{self, Entry, Store, StoreError, WatchEvent};
 use crate::subnet_env::SubnetEnv;
 use http::Shared;
@@ -34,7 +34,7 @@ use lease::{LeaseRequest, OwnLease};
 use notes::Notes;
 use params::NetworkParams;
 use status::ReconcileStatus;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,7 +112,11 @@ struct Agent {
     /// Subnet to ask for first when (re)leasing.
     preferred: Option<Ipv4Net>,
     /// Lease keys → entries (parsed once), kept current by the watch.
-    leases: BTreeMap<String, ParsedLease>,
+    leases: LeaseTable,
+    /// What changed in `leases` since the last reconcile, for the one-lease fast path.
+    pending: reconcile::Pending,
+    /// The peer selection of the last reconcile, and what it was made for.
+    selected: Option<reconcile::Selected>,
     /// The kernel's entries for our devices as last read and since changed by our own operations;
     /// `None` when they must be read again (at start, at resync, after somebody else's change or
     /// a failed operation). A store event is then planned without reading the kernel at all.
@@ -174,7 +178,9 @@ impl Agent {
             device: None,
             own: None,
             preferred,
-            leases: BTreeMap::new(),
+            leases: LeaseTable::default(),
+            pending: reconcile::Pending::Many,
+            selected: None,
             view: None,
             written_env: None,
             notes: Notes::default(),
@@ -316,11 +322,12 @@ impl Agent {
         let config_key = self.keys.config();
         let mut config_text = None;
         self.leases.clear();
+        self.pending = reconcile::Pending::Many;
         for e in listing.entries {
             if e.key == config_key {
                 config_text = Some(e.value);
             } else if e.key.starts_with(&subnets) {
-                self.leases.insert(e.key.clone(), ParsedLease::new(bounded(e)));
+                self.leases.insert(ParsedLease::new(bounded(e)));
             }
         }
         if config_text != self.config_text {
@@ -360,13 +367,16 @@ impl Agent {
                         self.lose_lease("our lease was overwritten by someone else");
                     }
                 }
-                self.leases.insert(e.key.clone(), ParsedLease::new(bounded(e)));
+                let key = e.key.clone();
+                let old = self.leases.insert(ParsedLease::new(bounded(e)));
+                self.pending.note(key, old);
             }
             WatchEvent::Delete { key, .. } if key.starts_with(&self.keys.subnets()) => {
                 if self.own.as_ref().is_some_and(|o| o.key == key) {
                     self.lose_lease("our lease was deleted");
                 }
-                self.leases.remove(&key);
+                let old = self.leases.remove(&key);
+                self.pending.note(key.clone(), old);
                 self.logged_rejections.retain(|(k, _)| *k != key);
             }
             _ => {}
@@ -638,16 +648,14 @@ impl Agent {
                 self.store_answered();
                 self.lease_error = None;
                 self.preferred = Some(own.subnet);
-                self.leases.insert(
-                    own.key.clone(),
-                    ParsedLease::new(Entry {
-                        key: own.key.clone(),
-                        value: own.value.clone(),
-                        create_revision: own.revision,
-                        mod_revision: own.revision,
-                        expires_at: own.expires_at,
-                    }),
-                );
+                self.pending = reconcile::Pending::Many;
+                self.leases.insert(ParsedLease::new(Entry {
+                    key: own.key.clone(),
+                    value: own.value.clone(),
+                    create_revision: own.revision,
+                    mod_revision: own.revision,
+                    expires_at: own.expires_at,
+                }));
                 self.own = Some(own);
                 Ok(())
             }

@@ -7,9 +7,9 @@ use super::status::PeerReport;
 use super::{Agent, AgentError};
 use crate::config::NetworkConfig;
 use crate::kernel::{Kernel, KernelError, LinkInfo};
-use crate::planner::peers::{select_parsed, Host, PeerSet, Rejected};
+use crate::planner::peers::{select_parsed, update_selection, Host, ParsedLease, PeerDelta, PeerSet, Rejected};
 use crate::planner::state::{Change, Observed};
-use crate::planner::{plan, Devices, DirectLink, Op};
+use crate::planner::{plan, plan_scoped, Devices, DirectLink, Op};
 use futures::StreamExt;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,6 +29,33 @@ pub(crate) struct KernelView {
     /// The routing table the routes are in.
     table: u32,
     observed: Observed,
+}
+
+/// The lease changes since the last reconcile: one key (with the version it had then) can be
+/// planned on its own; anything more, or a relist, is planned in full.
+pub(crate) enum Pending {
+    None,
+    One { key: String, old: Option<ParsedLease> },
+    Many,
+}
+
+impl Pending {
+    pub(crate) fn note(&mut self, key: String, old: Option<ParsedLease>) {
+        *self = match std::mem::replace(self, Pending::Many) {
+            Pending::None => Pending::One { key, old },
+            // The same key again: its version at the last reconcile is still the one to diff.
+            Pending::One { key: k, old: first } if k == key => Pending::One { key, old: first },
+            _ => Pending::Many,
+        };
+    }
+}
+
+/// A peer selection and what it was made for: valid for a fast update only while these hold.
+pub(crate) struct Selected {
+    set: Arc<PeerSet>,
+    cfg: NetworkConfig,
+    host: Host,
+    devices: Devices,
 }
 
 impl KernelView {
@@ -51,16 +78,6 @@ impl Agent {
             public_ip: iface.public_ip,
             subnet: Some(own.subnet),
         };
-        let set = select_parsed(cfg, &host, self.leases.values());
-        self.log_rejections(&set.rejected);
-        // Peers' VXLAN must be accepted before their entries send traffic our way. On the first
-        // pass of this process the table may not exist yet, and then nothing is filtered: the
-        // entries go first, so a joining host is reachable without waiting for `nft`.
-        let firewall_first = self.firewall.is_some();
-        if firewall_first {
-            self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
-        }
-
         let devices = Devices {
             vxlan: link.index,
             direct: cfg.backend.direct_routing.then_some(DirectLink {
@@ -70,11 +87,47 @@ impl Agent {
             public: Some(iface.index),
         };
         // Planned against the view when we have one: a store event costs no kernel read.
-        let mut observed = match self.view.take() {
-            Some(v) if v.vxlan == link.index && v.public == iface.index && v.table == self.kernel.table() => v.observed,
-            _ => observe(&self.kernel, link.index, iface.index).await?,
+        let view = self
+            .view
+            .take()
+            .filter(|v| v.vxlan == link.index && v.public == iface.index && v.table == self.kernel.table());
+        // One lease changed, nothing else: select and plan for it alone, O(log n) at 10,000
+        // peers. Otherwise (or when another lease's verdict could change) in full.
+        let pending = std::mem::replace(&mut self.pending, Pending::None);
+        let fast = match (&pending, self.selected.take(), &view) {
+            (Pending::One { key, old }, Some(mut sel), Some(_))
+                if sel.cfg == *cfg && sel.host == host && sel.devices == devices =>
+            {
+                // Drop `/status`'s hold on the set first, so it is changed in place, not copied.
+                self.shared.clear_peers();
+                let delta = update_selection(cfg, &host, Arc::make_mut(&mut sel.set), &self.leases, key, old.as_ref());
+                delta.map(|d| (sel, d))
+            }
+            _ => None,
         };
-        let ops = plan(cfg.network, devices, &set.peers, &observed);
+        let (set, delta) = match fast {
+            Some((sel, d)) => (sel.set, Some(d)),
+            None => (Arc::new(select_parsed(cfg, &host, self.leases.values())), None),
+        };
+        self.log_rejections(&set.rejected);
+        // Peers' VXLAN must be accepted before their entries send traffic our way. On the first
+        // pass of this process the table may not exist yet, and then nothing is filtered: the
+        // entries go first, so a joining host is reachable without waiting for `nft`.
+        let firewall_first = self.firewall.is_some();
+        if firewall_first {
+            self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
+        }
+
+        let mut observed = match view {
+            Some(v) => v.observed,
+            None => observe(&self.kernel, link.index, iface.index).await?,
+        };
+        let ops = match &delta {
+            Some(PeerDelta { before, after }) => {
+                plan_scoped(cfg.network, devices, before.as_slice(), after.as_slice(), &observed)
+            }
+            None => plan(cfg.network, devices, &set.peers, &observed),
+        };
         let mut failed: HashSet<Op> = HashSet::new();
         let mut first_error = None;
         // The plan comes in phases (remove neighbours, FDB, routes; then add them in the same
@@ -121,6 +174,12 @@ impl Agent {
         if !firewall_first {
             self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
         }
+        self.selected = Some(Selected {
+            set: set.clone(),
+            cfg: cfg.clone(),
+            host,
+            devices,
+        });
         self.record_peers(set, devices, failed);
         match first_error {
             Some(e) => Err(e.into()),
@@ -149,7 +208,7 @@ impl Agent {
     }
 
     /// Hands the planned peers to `/status` (rendered there, when asked) and sets the gauge.
-    fn record_peers(&mut self, set: PeerSet, devices: Devices, failed: HashSet<Op>) {
+    fn record_peers(&mut self, set: Arc<PeerSet>, devices: Devices, failed: HashSet<Op>) {
         let rejected_leases = set
             .rejected
             .iter()

@@ -394,7 +394,7 @@ mod tests {
 /// [`PeerStatus`] lines only when somebody asks.
 #[derive(Debug, Default)]
 pub struct PeerReport {
-    pub set: crate::planner::peers::PeerSet,
+    pub set: Arc<crate::planner::peers::PeerSet>,
     /// The refused leases' contents, where they parse, in `set.rejected`'s order.
     pub rejected_leases: Vec<Option<crate::lease::Lease>>,
     pub devices: Option<crate::planner::Devices>,

@@ -143,62 +143,122 @@ pub fn peer_entries(peer: &Peer, devices: Devices) -> PeerEntries {
 /// replaced. Removals come first (neighbour, FDB, route), then additions in the same order, so
 /// a changed peer never has two FDB entries for one MAC.
 pub fn plan(network: Ipv4Net, devices: Devices, peers: &[Peer], observed: &Observed) -> Vec<Op> {
-    let mut want_neigh = BTreeMap::new();
-    let mut want_fdb = BTreeMap::new();
-    let mut want_route = BTreeMap::new();
-    for p in peers {
-        let e = peer_entries(p, devices);
-        if let Some(n) = e.neigh {
-            want_neigh.insert(n.ip, n);
+    let want = Want::of(peers, devices);
+    diff(
+        &want,
+        observed.neighs.iter().filter(|n| network.contains(&n.ip)),
+        observed.fdbs.iter(),
+        observed.routes.iter().filter(|r| devices.owns_route_on(r.oif)),
+        observed,
+    )
+}
+
+/// The entries some peers want, by neighbour IP, FDB MAC and route destination.
+struct Want {
+    neigh: BTreeMap<std::net::Ipv4Addr, NeighEntry>,
+    fdb: BTreeMap<crate::mac::Mac, FdbEntry>,
+    route: BTreeMap<Ipv4Net, RouteEntry>,
+}
+
+impl Want {
+    fn of(peers: &[Peer], devices: Devices) -> Want {
+        let mut want = Want {
+            neigh: BTreeMap::new(),
+            fdb: BTreeMap::new(),
+            route: BTreeMap::new(),
+        };
+        for p in peers {
+            let e = peer_entries(p, devices);
+            if let Some(n) = e.neigh {
+                want.neigh.insert(n.ip, n);
+            }
+            if let Some(f) = e.fdb {
+                want.fdb.insert(f.mac, f);
+            }
+            want.route.insert(e.route.dst, e.route);
         }
-        if let Some(f) = e.fdb {
-            want_fdb.insert(f.mac, f);
-        }
-        want_route.insert(e.route.dst, e.route);
+        want
     }
+}
 
-    let mut ops = Vec::new();
-    let have_neigh = || observed.neighs.iter().filter(|n| network.contains(&n.ip));
-    let have_route = || observed.routes.iter().filter(|r| devices.owns_route_on(r.oif));
-
-    // Removals: owned entries no peer wants (a changed MAC or IP leaves the old one here).
+/// Removals of the owned entries `have_*` that are not wanted (neighbours, FDB, routes: a
+/// changed MAC or IP leaves the old one here), then additions and corrections of the wanted
+/// ones the view lacks, in the same order. The view's sets are ordered by IP, MAC and
+/// destination, so each lookup is a search, not a scan.
+fn diff<'a>(
+    want: &Want,
+    have_neigh: impl Iterator<Item = &'a NeighEntry>,
+    have_fdb: impl Iterator<Item = &'a FdbEntry>,
+    have_route: impl Iterator<Item = &'a RouteEntry>,
+    observed: &Observed,
+) -> Vec<Op> {
+    let mut ops: Vec<Op> = have_neigh
+        .filter(|n| !want.neigh.contains_key(&n.ip))
+        .map(|n| Op::RemoveNeigh(*n))
+        .collect();
     ops.extend(
-        have_neigh()
-            .filter(|n| !want_neigh.contains_key(&n.ip))
-            .map(|n| Op::RemoveNeigh(*n)),
-    );
-    ops.extend(
-        observed
-            .fdbs
-            .iter()
-            .filter(|f| want_fdb.get(&f.mac) != Some(*f))
+        have_fdb
+            .filter(|f| want.fdb.get(&f.mac) != Some(*f))
             .map(|f| Op::RemoveFdb(*f)),
     );
     ops.extend(
-        have_route()
-            .filter(|r| r.protocol == ROUTE_PROTO_WEFT && !want_route.contains_key(&r.dst))
+        have_route
+            .filter(|r| r.protocol == ROUTE_PROTO_WEFT && !want.route.contains_key(&r.dst))
             .map(|r| Op::RemoveRoute(*r)),
     );
-
-    // Additions and corrections. The observed sets are ordered by IP, MAC and destination, so
-    // each lookup is a search, not a scan.
     ops.extend(
-        want_neigh
+        want.neigh
             .values()
             .filter(|n| !observed.neighs.contains(n))
             .map(|n| Op::EnsureNeigh(*n)),
     );
     ops.extend(
-        want_fdb
+        want.fdb
             .values()
             .filter(|f| !observed.fdbs.contains(f))
             .map(|f| Op::EnsureFdb(*f)),
     );
     ops.extend(
-        want_route
+        want.route
             .values()
             .filter(|r| !observed.routes.contains(r))
             .map(|r| Op::EnsureRoute(*r)),
     );
     ops
+}
+
+/// [`plan`] restricted to the kernel objects of some peers: what changes when only `before`
+/// (their old versions, gone or replaced) became `after` (their new versions), every other peer
+/// staying as it was and the view being converged for it. Each neighbour IP, FDB MAC and route
+/// destination belongs to one peer at most (the peer selection refuses duplicates), so the result
+/// is exactly the part of the full plan that touches these objects, found by searching the view
+/// rather than by walking it: a one-lease change costs O(log n).
+pub fn plan_scoped(
+    network: Ipv4Net,
+    devices: Devices,
+    before: &[Peer],
+    after: &[Peer],
+    observed: &Observed,
+) -> Vec<Op> {
+    let want = Want::of(after, devices);
+    // The objects in scope: everything either version of these peers has or wants.
+    let mut ips = std::collections::BTreeSet::new();
+    let mut macs = std::collections::BTreeSet::new();
+    let mut dsts = std::collections::BTreeSet::new();
+    for p in before.iter().chain(after) {
+        ips.insert(p.vtep_ip());
+        macs.insert(p.vtep_mac);
+        dsts.insert(p.subnet);
+    }
+    diff(
+        &want,
+        ips.iter()
+            .filter(|ip| network.contains(*ip))
+            .flat_map(|ip| observed.neighs_of(*ip)),
+        macs.iter().flat_map(|m| observed.fdbs_of(*m)),
+        dsts.iter()
+            .flat_map(|d| observed.routes_to(*d))
+            .filter(|r| devices.owns_route_on(r.oif)),
+        observed,
+    )
 }

@@ -232,3 +232,152 @@ pub fn select_parsed<'a>(
     out.peers.sort_by_key(|p| p.subnet);
     out
 }
+
+/// The store's leases, parsed, with how many claim each VTEP MAC and public IP: enough to tell
+/// when a change to one lease cannot change the verdict on any other.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseTable {
+    leases: std::collections::BTreeMap<String, ParsedLease>,
+    macs: HashMap<Mac, u32>,
+    ips: HashMap<Ipv4Addr, u32>,
+}
+
+impl LeaseTable {
+    pub fn get(&self, key: &str) -> Option<&ParsedLease> {
+        self.leases.get(key)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &ParsedLease> {
+        self.leases.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        *self = LeaseTable::default();
+    }
+
+    /// Inserts or replaces; returns the lease it replaced.
+    pub fn insert(&mut self, p: ParsedLease) -> Option<ParsedLease> {
+        if let Ok(l) = &p.lease {
+            *self.macs.entry(l.vtep_mac).or_default() += 1;
+            *self.ips.entry(l.public_ip).or_default() += 1;
+        }
+        let old = self.leases.insert(p.entry.key.clone(), p);
+        if let Some(o) = &old {
+            self.uncount(o);
+        }
+        old
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<ParsedLease> {
+        let old = self.leases.remove(key);
+        if let Some(o) = &old {
+            self.uncount(o);
+        }
+        old
+    }
+
+    fn uncount(&mut self, p: &ParsedLease) {
+        if let Ok(l) = &p.lease {
+            for n in [self.macs.get_mut(&l.vtep_mac), self.ips.get_mut(&l.public_ip)]
+                .into_iter()
+                .flatten()
+            {
+                *n = n.saturating_sub(1);
+            }
+            self.macs.retain(|_, n| *n > 0);
+            self.ips.retain(|_, n| *n > 0);
+        }
+    }
+
+    /// How many leases claim this MAC and this public IP.
+    fn claims(&self, l: &Lease) -> (u32, u32) {
+        (
+            self.macs.get(&l.vtep_mac).copied().unwrap_or(0),
+            self.ips.get(&l.public_ip).copied().unwrap_or(0),
+        )
+    }
+}
+
+/// A peer set changed by one lease: the peer it had before and has now (either may be none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerDelta {
+    pub before: Option<Peer>,
+    pub after: Option<Peer>,
+}
+
+/// Brings `set` (as [`select_parsed`] made it from `table` before the change) up to date after
+/// the lease at `key` changed from `old` to what `table` holds now, without looking at the other
+/// leases. Returns `None`, leaving `set` alone, when the change could alter the verdict on
+/// another lease (a VTEP MAC or public IP shared with one) or concerns our own lease: the
+/// caller then selects again from scratch. The result equals [`select_parsed`]'s, up to the
+/// order of the refusals.
+pub fn update_selection(
+    cfg: &NetworkConfig,
+    host: &Host,
+    set: &mut PeerSet,
+    table: &LeaseTable,
+    key: &str,
+    old: Option<&ParsedLease>,
+) -> Option<PeerDelta> {
+    let new = table.get(key);
+    let ours = |p: Option<&ParsedLease>| {
+        p.and_then(|p| p.lease.as_ref().ok())
+            .is_some_and(|l| Some(l.subnet) == host.subnet)
+    };
+    if ours(old) || ours(new) {
+        return None;
+    }
+    let new_lease = new.and_then(|p| p.lease.as_ref().ok());
+    // The old claims must now be held by nobody but the new version; the new ones by it alone.
+    if let Some(o) = old.and_then(|p| p.lease.as_ref().ok()) {
+        let (macs, ips) = table.claims(o);
+        let kept = |same: bool| u32::from(same);
+        if macs != kept(new_lease.is_some_and(|n| n.vtep_mac == o.vtep_mac))
+            || ips != kept(new_lease.is_some_and(|n| n.public_ip == o.public_ip))
+        {
+            return None;
+        }
+    }
+    if let Some(n) = new_lease {
+        if table.claims(n) != (1, 1) {
+            return None;
+        }
+    }
+
+    let mut delta = PeerDelta::default();
+    if let Some(i) = set.peers.iter().position(|p| p.key == key) {
+        delta.before = Some(set.peers.remove(i));
+    }
+    set.rejected.retain(|r| r.key != key);
+    let Some(new) = new else { return Some(delta) };
+    let verdict = match &new.lease {
+        Err(e) => Err(Rejection::Malformed(e.clone())),
+        Ok(l) => check(cfg, host, l).map(|()| l),
+    };
+    match verdict {
+        Ok(l) => {
+            let peer = Peer {
+                key: key.to_string(),
+                subnet: l.subnet,
+                public_ip: l.public_ip,
+                vtep_mac: l.vtep_mac,
+            };
+            let at = set.peers.partition_point(|p| p.subnet < peer.subnet);
+            set.peers.insert(at, peer.clone());
+            delta.after = Some(peer);
+        }
+        Err(rejection) => set.rejected.push(Rejected {
+            key: key.to_string(),
+            rejection,
+        }),
+    }
+    Some(delta)
+}

@@ -138,7 +138,7 @@ impl Observed {
         }
     }
 
-    fn neighs_of(&self, ip: Ipv4Addr) -> impl Iterator<Item = &NeighEntry> {
+    pub fn neighs_of(&self, ip: Ipv4Addr) -> impl Iterator<Item = &NeighEntry> {
         self.neighs.range(
             NeighEntry { ip, mac: Mac([0; 6]) }..=NeighEntry {
                 ip,
@@ -154,7 +154,7 @@ impl Observed {
         }
     }
 
-    fn fdbs_of(&self, mac: Mac) -> impl Iterator<Item = &FdbEntry> {
+    pub fn fdbs_of(&self, mac: Mac) -> impl Iterator<Item = &FdbEntry> {
         self.fdbs.range(
             FdbEntry {
                 mac,

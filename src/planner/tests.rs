@@ -501,3 +501,112 @@ fn foreign_entries_the_view_does_not_hold_are_noticed_and_kernel_churn_is_not() 
         &[DEV]
     ));
 }
+
+/// A lease from a small domain, so that MACs and public IPs collide now and then; `bad` makes
+/// it malformed.
+fn small_lease(third: u8, m: u8, ip: u8, rev: i64, bad: bool) -> ParsedLease {
+    let subnet: Ipv4Net = format!("10.0.{third}.0/24").parse().unwrap();
+    let value = if bad {
+        "not json".to_string()
+    } else {
+        vxlan_lease_value(Ipv4Addr::new(198, 51, 100, ip), 1, mac(m))
+    };
+    ParsedLease::new(Entry {
+        key: lease_key("/coreos.com/network", subnet),
+        value,
+        create_revision: rev,
+        mod_revision: rev,
+        expires_at: None,
+    })
+}
+
+fn arb_small_lease() -> impl Strategy<Value = (u8, u8, u8, bool)> {
+    (1u8..12, 1u8..10, 1u8..10, proptest::bool::weighted(0.1))
+}
+
+fn sorted_rejections(set: &PeerSet) -> Vec<Rejected> {
+    let mut r = set.rejected.clone();
+    r.sort_by(|a, b| a.key.cmp(&b.key));
+    r
+}
+
+proptest! {
+    /// Changing one lease at a time, the incremental selection (where it answers) equals a full
+    /// selection, and the scoped plan against the converged view equals the full plan.
+    #[test]
+    fn incremental_selection_and_scoped_plan_match_the_full_ones(
+        start in proptest::collection::vec(arb_small_lease(), 0..10),
+        changes in proptest::collection::vec((1u8..12, proptest::option::of(arb_small_lease())), 1..12),
+    ) {
+        let cfg = NetworkConfig::parse(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let host = Host { public_ip: Ipv4Addr::new(198, 51, 100, 1), subnet: Some("10.0.200.0/24".parse().unwrap()) };
+        let devices = Devices::vxlan_only(DEV);
+        let mut table = LeaseTable::default();
+        let mut rev = 1;
+        for (t, m, ip, bad) in start {
+            rev += 1;
+            table.insert(small_lease(t, m, ip, rev, bad));
+        }
+        let mut set = select_parsed(&cfg, &host, table.values());
+        let mut view = apply(&Observed::default(), &plan(net(), devices, &set.peers, &Observed::default()));
+        for (slot, change) in changes {
+            let key = lease_key("/coreos.com/network", format!("10.0.{slot}.0/24").parse().unwrap());
+            let old = match change {
+                Some((_, m, ip, bad)) => {
+                    rev += 1;
+                    table.insert(small_lease(slot, m, ip, rev, bad))
+                }
+                None => table.remove(&key),
+            };
+            let full = select_parsed(&cfg, &host, table.values());
+            let mut inc = set.clone();
+            match update_selection(&cfg, &host, &mut inc, &table, &key, old.as_ref()) {
+                Some(delta) => {
+                    prop_assert_eq!(&inc.peers, &full.peers);
+                    prop_assert_eq!(sorted_rejections(&inc), sorted_rejections(&full));
+                    let before: Vec<Peer> = delta.before.into_iter().collect();
+                    let after: Vec<Peer> = delta.after.into_iter().collect();
+                    let scoped = plan_scoped(net(), devices, &before, &after, &view);
+                    let mut whole = plan(net(), devices, &full.peers, &view);
+                    let mut s = scoped.clone();
+                    s.sort();
+                    whole.sort();
+                    prop_assert_eq!(s, whole);
+                    view = apply(&view, &scoped);
+                }
+                None => {
+                    prop_assert_eq!(&inc, &set, "a refused update must leave the set alone");
+                    view = apply(&view, &plan(net(), devices, &full.peers, &view));
+                }
+            }
+            set = full;
+        }
+    }
+}
+
+#[test]
+fn a_plain_join_or_leave_takes_the_incremental_path_and_a_collision_does_not() {
+    let cfg = NetworkConfig::parse(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    let host = Host {
+        public_ip: Ipv4Addr::new(198, 51, 100, 1),
+        subnet: Some("10.0.200.0/24".parse().unwrap()),
+    };
+    let mut table = LeaseTable::default();
+    table.insert(small_lease(1, 1, 11, 1, false));
+    let mut set = select_parsed(&cfg, &host, table.values());
+    let joined = small_lease(2, 2, 12, 2, false);
+    let key = joined.entry.key.clone();
+    table.insert(joined);
+    let delta = update_selection(&cfg, &host, &mut set, &table, &key, None).expect("a plain join is incremental");
+    assert_eq!(delta.after.map(|p| p.subnet), Some("10.0.2.0/24".parse().unwrap()));
+    assert_eq!(set.peers.len(), 2);
+    // A newcomer with the first lease's MAC changes nothing for it, but needs the full rules.
+    let clash = small_lease(3, 1, 13, 3, false);
+    let key3 = clash.entry.key.clone();
+    table.insert(clash);
+    assert_eq!(update_selection(&cfg, &host, &mut set, &table, &key3, None), None);
+    // A plain leave is incremental again.
+    let gone = table.remove(&key);
+    let delta = update_selection(&cfg, &host, &mut set, &table, &key, gone.as_ref()).expect("a plain leave");
+    assert_eq!(delta.before.map(|p| p.subnet), Some("10.0.2.0/24".parse().unwrap()));
+}
