@@ -28,6 +28,8 @@ const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
 /// Payload after the 8-byte ICMP header; small, recognisable in captures.
 const PAYLOAD: &[u8] = b"weft-lab-probe";
+/// Receive buffer of a probe socket: a few seconds of replies at the rates the tests use.
+const RECV_BUFFER: usize = 4 << 20;
 
 /// A different identifier for every socket this process opens, so concurrent probes from the same
 /// namespace never take each other's replies.
@@ -93,6 +95,10 @@ impl IcmpSocket {
             SockProtocol::Icmp,
         )
         .map_err(LabError::sys(format!("opening a raw ICMP socket in {ns}")))?;
+        // A raw socket gets a copy of every ICMP packet of the namespace: with many pingers there,
+        // a thread stalled on a busy machine must not lose replies to a full buffer. Best effort
+        // (forcing a size past `rmem_max` needs CAP_NET_ADMIN).
+        let _ = setsockopt(&fd, sockopt::RcvBufForce, &RECV_BUFFER);
         Ok(IcmpSocket {
             fd,
             ident: next_ident(),
@@ -110,6 +116,27 @@ impl IcmpSocket {
             &addr,
             MsgFlags::empty(),
         );
+    }
+
+    /// Our echo replies already waiting in the socket (`(from, seq)`), without waiting for more.
+    fn drain(&self) -> Vec<(Ipv4Addr, u16)> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1500];
+        // Bounded: at most a full receive buffer's worth of packets.
+        for _ in 0..100_000 {
+            match nix::sys::socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) if n >= 20 => {
+                    if let Some((ident, seq)) = parse_reply(&buf[..n]) {
+                        if ident == self.ident {
+                            out.push((Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]), seq));
+                        }
+                    }
+                }
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        out
     }
 
     /// Waits up to `timeout` for one of our echo replies: `(from, seq)`. `None` on timeout.
@@ -368,6 +395,15 @@ fn run_pinger(
     let grace_end = Instant::now() + REPLY_GRACE;
     while got[..sent as usize].contains(&false) && Instant::now() < grace_end {
         if let Some((from, seq)) = sock.recv(grace_end.saturating_duration_since(Instant::now()))? {
+            if from == dst && (seq as u32) < sent {
+                got[seq as usize] = true;
+            }
+        }
+    }
+    // Replies that arrived while this thread was not running (a busy machine) are in the socket
+    // already: take them before counting anything lost.
+    if got[..sent as usize].contains(&false) {
+        for (from, seq) in sock.drain() {
             if from == dst && (seq as u32) < sent {
                 got[seq as usize] = true;
             }
