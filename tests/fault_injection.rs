@@ -34,9 +34,15 @@ const HOSTS: u32 = 5;
 /// A host is removed only while more than this many are left.
 const MIN_HOSTS: usize = 3;
 const DEFAULT_STEPS: usize = 14;
-/// The whole test, lab included; past it the test fails with the seed and the step.
+/// The whole test, lab included, with the default number of steps (more steps: 10 s each);
+/// past it the test fails with the seed and the step.
 const DEADLINE: Duration = Duration::from_secs(150);
+const DEADLINE_PER_STEP: Duration = Duration::from_secs(10);
 const PING_INTERVAL: Duration = Duration::from_millis(20);
+/// The slowest round trip allowed on a pair a fault must not touch (kernel receive time; the
+/// underlay's is about 0.1 ms): an echo held up longer waited somewhere, e.g. in the queue of a
+/// neighbour entry being resolved again, which counts as lost.
+const UNTOUCHED_MAX_RTT: Duration = Duration::from_millis(250);
 /// Short enough that leases are renewed during the run (every 15 s), outages included.
 const LEASE_TTL: &str = "30s";
 /// What an agent logs when it takes its lease back at start.
@@ -102,9 +108,9 @@ impl Run {
         }
         let kept = keep_logs(lab, self.seed);
         panic!(
-            "seed={} step {step}/{} ({what}): {detail}\n  logs: {kept}\n  replay: WEFT_FAULT_SEED={} \
+            "seed={} step {step}/{} [{}] ({what}): {detail}\n  logs: {kept}\n  replay: WEFT_FAULT_SEED={} \
              cargo test --test fault_injection {} -- --nocapture",
-            self.seed, self.steps, self.seed, self.backend
+            self.seed, self.steps, self.backend, self.seed, self.backend
         );
     }
 }
@@ -170,7 +176,8 @@ async fn run(store: LabStore, backend: &'static str) {
         run.fail(&lab, 0, "before any fault", &e);
     }
 
-    let deadline = t0 + DEADLINE;
+    let limit = DEADLINE.max(DEADLINE_PER_STEP * run.steps as u32);
+    let deadline = t0 + limit;
     let mut survived = 0;
     for (i, step) in plan.iter().enumerate() {
         let n = i + 1;
@@ -180,14 +187,15 @@ async fn run(store: LabStore, backend: &'static str) {
             Ok(Ok(r)) => {
                 survived += 1;
                 eprintln!(
-                    "seed={} step {n}/{} ({step}): whole {:.2} s after the fault, step {:.1} s; \
-                     {} pairs pinged, {} echoes, untouched lost 0{}",
+                    "seed={} step {n}/{} [{backend}] ({step}): whole {:.2} s after the fault, step {:.1} s; \
+                     {} pairs pinged, {} echoes, untouched: lost 0, slowest {:.1} ms{}",
                     run.seed,
                     run.steps,
                     r.recovered.as_secs_f64(),
                     started.elapsed().as_secs_f64(),
                     r.pairs,
                     r.sent,
+                    r.untouched_max_rtt.as_secs_f64() * 1000.0,
                     if r.touched.is_empty() {
                         String::new()
                     } else {
@@ -200,7 +208,7 @@ async fn run(store: LabStore, backend: &'static str) {
                 &lab,
                 n,
                 &step.to_string(),
-                &format!("hard deadline: the test ran past {DEADLINE:?}"),
+                &format!("hard deadline: the test ran past {limit:?}"),
             ),
         }
     }
@@ -225,7 +233,9 @@ struct StepReport {
     recovered: Duration,
     pairs: usize,
     sent: u32,
-    /// Losses on pairs the fault was allowed to cut: `h1-h3 12 lost`.
+    /// The slowest answer on a pair the fault must not touch.
+    untouched_max_rtt: Duration,
+    /// Losses on pairs the fault was allowed to cut: `h1-h3 12 lost, slowest 3 ms`.
     touched: Vec<String>,
 }
 
@@ -430,6 +440,7 @@ async fn run_step(lab: &mut Lab, step: &Step) -> Result<StepReport, String> {
         recovered,
         pairs: pingers.len(),
         sent: 0,
+        untouched_max_rtt: Duration::ZERO,
         touched: Vec::new(),
     };
     let mut losses = Vec::new();
@@ -439,9 +450,11 @@ async fn run_step(lab: &mut Lab, step: &Step) -> Result<StepReport, String> {
         if s.sent == 0 {
             losses.push(format!("{a} -> {b} sent nothing"));
         } else if fault.may_lose(&a, &b) {
-            if s.lost > 0 {
-                report.touched.push(format!("{a}-{b} {} lost", s.lost));
-            }
+            report.touched.push(format!(
+                "{a}-{b} {} lost, slowest {:.0} ms",
+                s.lost,
+                s.max_rtt.as_secs_f64() * 1000.0
+            ));
         } else if s.lost > 0 {
             losses.push(format!(
                 "{a} -> {b} lost {} of {} echoes (longest gap {} × {PING_INTERVAL:?}, first lost seqs {:?}) \
@@ -451,6 +464,14 @@ async fn run_step(lab: &mut Lab, step: &Step) -> Result<StepReport, String> {
                 s.longest_gap,
                 &s.lost_seqs[..s.lost_seqs.len().min(10)]
             ));
+        } else if s.max_rtt > UNTOUCHED_MAX_RTT {
+            losses.push(format!(
+                "{a} -> {b}: an echo took {:?} (over {UNTOUCHED_MAX_RTT:?}: held up, e.g. queued while a \
+                 neighbour was resolved again) though this fault must not touch that pair",
+                s.max_rtt
+            ));
+        } else {
+            report.untouched_max_rtt = report.untouched_max_rtt.max(s.max_rtt);
         }
     }
     if !losses.is_empty() {
