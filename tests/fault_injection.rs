@@ -2,17 +2,19 @@
 //! and a seeded random sequence of faults (`weft::lab::faults::plan`): `kill -9` of an agent and
 //! its restart; the store stopped and started (with an agent restarted meanwhile, sometimes); a
 //! route, neighbour or FDB entry or the device deleted by hand; the public link set down and up;
-//! a lease deleted; a host removed for good. A third of the host faults happen while another
-//! host's agent is down, so that agent must catch up on what it missed when it restarts.
+//! a lease deleted; a host removed for good. A third of the host faults happen while an agent
+//! is down (the faulted host's own or another's), which must catch up at its restart.
 //!
 //! After each step, within a bound (10 s; 30 s after a store outage): every live host reaches
 //! every other; each host's routes (proto 87), permanent neighbours, FDB entries and nft peers
 //! on `flannel.1` are exactly one per other live lease, nothing for a lease that no longer
 //! exists; one lease per live host, none for anything else, no two on one subnet, MAC or public
 //! IP; the device carries the host's own lease address and MAC, `subnet.env` its subnet; every
-//! agent runs; (etcd) one etcd lease per live host. No host changes subnet, and no VTEP MAC
-//! changes unless that device was deleted. Pings every 20 ms between every pair the fault does
-//! not touch (`Fault::may_lose`: for an agent kill or a store outage, every pair) lose nothing.
+//! agent runs; (etcd) one etcd lease per live host; every agent follows the store (a canary
+//! lease is programmed, then removed, by all). No host changes subnet, and no VTEP MAC changes
+//! unless that device was deleted. Pings every 20 ms between every pair the fault does not touch
+//! (`Fault::may_lose`: for an agent kill or a store outage, every pair) lose nothing and none
+//! is held up (slowest answer under 250 ms). See docs/reliability.md, "Fault injection".
 //!
 //! `WEFT_FAULT_SEED=N` replays a run (the seed is printed at the start and in every failure,
 //! with the step and its fault); `WEFT_FAULT_STEPS` changes the number of steps (default 14).
