@@ -88,6 +88,50 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     supervisor::run(opts, shutdown).await
 }
 
+/// Opens the store; `None` if `shutdown` came first. etcd connects on first use, so only a bad
+/// config fails here. The SQLite store opens its file at once, and a database locked by another
+/// process (a long write transaction, a wedged process) fails after the busy timeout: like an
+/// etcd that is down, that is an outage to wait out (with the same backoff), not a reason to exit
+/// and leave the host unmanaged.
+pub(crate) async fn open_store(
+    cfg: &store::StoreConfig,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<Arc<dyn Store>>, AgentError> {
+    let mut backoff = Duration::from_millis(100);
+    let mut reported = false;
+    loop {
+        let c = cfg.clone();
+        let opened = tokio::task::spawn_blocking(move || store::open(&c))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Unavailable {
+                    store: cfg.describe(),
+                    message: format!("opening the store: {e}"),
+                })
+            });
+        match opened {
+            Ok(s) => {
+                if reported {
+                    info!(store = %s.describe(), "store reachable again");
+                }
+                return Ok(Some(s));
+            }
+            Err(e @ StoreError::Unavailable { .. }) if matches!(cfg, store::StoreConfig::Sqlite(_)) => {
+                if !reported {
+                    warn!(error = %e, "store unavailable; data plane kept as is, retrying");
+                    reported = true;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = shutdown.as_mut() => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// How often the agent checks that the store still answers, for `/healthz`.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);

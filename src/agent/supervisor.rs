@@ -18,7 +18,7 @@ use super::{Agent, AgentError, AgentOptions};
 use crate::kernel::{self, Kernel, KernelEvent};
 use crate::network::admin::{self, Verdict};
 use crate::network::{self as net, Mode, NetworkKeys, DEFAULT_NETWORK};
-use crate::store::{self, Entry, Store, StoreError, WatchEvent};
+use crate::store::{Entry, Store, StoreError, WatchEvent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,11 @@ const EVENT_QUEUE: usize = 4096;
 /// Runs the agents of every network this host serves until `shutdown` completes. Leaves
 /// devices, entries and leases in place.
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let store = store::open(&opts.store)?;
+    tokio::pin!(shutdown);
+    let Some(store) = super::open_store(&opts.store, &mut shutdown).await? else {
+        info!("shutting down before the store could be opened");
+        return Ok(());
+    };
     let kernel = Kernel::connect().await?;
     let fanout = Fanout::start()?;
     let hub = Arc::new(Hub::new(Arc::new(super::metrics::MetricsRegistry::new())));

@@ -14,6 +14,7 @@
 //!   and after a crash.
 //! - [`agent`]: starting and stopping agent processes.
 //! - [`probe`]: an in-process ICMP pinger that works from inside any namespace.
+//! - [`faults`]: seeded fault plans, the faults themselves and the invariants checked after them.
 //! - [`pods`]: pod namespaces wired by the `weft-cni` plugin, run inside their host's namespace.
 //! - [`cluster`]: [`Lab`], the API the CLI and the integration tests use, and [`LabGuard`]
 //!   (its pod half in `cluster_pods`).
@@ -23,6 +24,7 @@ pub mod check;
 pub mod cluster;
 mod cluster_pods;
 pub mod etcd;
+pub mod faults;
 pub mod netns;
 pub mod nsstore;
 pub mod pods;

@@ -12,8 +12,8 @@
 use super::{LabError, Result};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
-    recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
-    SockaddrIn,
+    recvmsg, sendto, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockProtocol,
+    SockType, SockaddrIn,
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 use std::collections::{BTreeMap, HashMap};
@@ -22,12 +22,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
 /// Payload after the 8-byte ICMP header; small, recognisable in captures.
 const PAYLOAD: &[u8] = b"weft-lab-probe";
+/// Receive buffer of a probe socket: a few seconds of replies at the rates the tests use.
+const RECV_BUFFER: usize = 4 << 20;
 
 /// A different identifier for every socket this process opens, so concurrent probes from the same
 /// namespace never take each other's replies.
@@ -93,6 +95,10 @@ impl IcmpSocket {
             SockProtocol::Icmp,
         )
         .map_err(LabError::sys(format!("opening a raw ICMP socket in {ns}")))?;
+        // A raw socket gets a copy of every ICMP packet of the namespace: with many pingers there,
+        // a thread stalled on a busy machine must not lose replies to a full buffer. Best effort
+        // (forcing a size past `rmem_max` needs CAP_NET_ADMIN).
+        let _ = setsockopt(&fd, sockopt::RcvBufForce, &RECV_BUFFER);
         Ok(IcmpSocket {
             fd,
             ident: next_ident(),
@@ -112,24 +118,56 @@ impl IcmpSocket {
         );
     }
 
-    /// Waits up to `timeout` for one of our echo replies: `(from, seq)`. `None` on timeout.
-    fn recv(&self, timeout: Duration) -> Result<Option<(Ipv4Addr, u16)>> {
+    /// Reads one packet: `Ok(Some(reply))` if it is one of our echo replies, `Ok(None)` for
+    /// anything else.
+    fn read_one(&self, flags: MsgFlags) -> nix::Result<Option<Reply>> {
+        let mut buf = [0u8; 1500];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+        let msg = recvmsg::<SockaddrIn>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags)?;
+        let at = msg.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+            ControlMessageOwned::ScmTimestampns(ts) => {
+                let since_epoch = Duration::new(ts.tv_sec().max(0) as u64, ts.tv_nsec().max(0) as u32);
+                Some(SystemTime::UNIX_EPOCH + since_epoch)
+            }
+            _ => None,
+        });
+        let (n, from) = (msg.bytes, msg.address);
+        let Some(from) = from else { return Ok(None) };
+        Ok(parse_reply(&buf[..n])
+            .filter(|(ident, _)| *ident == self.ident)
+            .map(|(_, seq)| Reply {
+                from: from.ip(),
+                seq,
+                at,
+            }))
+    }
+
+    /// Our echo replies already waiting in the socket, without waiting for more.
+    fn drain(&self) -> Vec<Reply> {
+        let mut out = Vec::new();
+        // Bounded: at most a full receive buffer's worth of packets.
+        for _ in 0..100_000 {
+            match self.read_one(MsgFlags::MSG_DONTWAIT) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) | Err(nix::Error::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Waits up to `timeout` for one of our echo replies. `None` on timeout.
+    fn recv(&self, timeout: Duration) -> Result<Option<Reply>> {
         // A zero SO_RCVTIMEO would mean "block forever".
         let micros = timeout.as_micros().clamp(100, 1_000_000) as i64;
         setsockopt(&self.fd, sockopt::ReceiveTimeout, &TimeVal::microseconds(micros))
             .map_err(LabError::sys(format!("setting a receive timeout in {}", self.ns)))?;
         let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 1500];
         loop {
-            match recvfrom::<SockaddrIn>(self.fd.as_raw_fd(), &mut buf) {
-                Ok((n, Some(from))) => {
-                    if let Some((ident, seq)) = parse_reply(&buf[..n]) {
-                        if ident == self.ident {
-                            return Ok(Some((from.ip(), seq)));
-                        }
-                    }
-                }
-                Ok((_, None)) | Err(nix::Error::EINTR) => {}
+            match self.read_one(MsgFlags::empty()) {
+                Ok(Some(r)) => return Ok(Some(r)),
+                Ok(None) | Err(nix::Error::EINTR) => {}
                 Err(nix::Error::EAGAIN) => return Ok(None),
                 Err(e) => {
                     return Err(LabError::Sys {
@@ -144,6 +182,14 @@ impl IcmpSocket {
             }
         }
     }
+}
+
+/// One of our echo replies: who answered, to which sequence number, and when the kernel received
+/// it (`SO_TIMESTAMPNS`, wall clock; `None` if the kernel gave no timestamp).
+struct Reply {
+    from: Ipv4Addr,
+    seq: u16,
+    at: Option<SystemTime>,
 }
 
 /// Sends one echo from namespace `ns` to `dst`; true if it is answered within `timeout`.
@@ -258,9 +304,9 @@ fn probe_from(
             next_round = now + interval;
         }
         let wait = next_round.min(deadline).saturating_duration_since(Instant::now());
-        if let Some((from, _)) = sock.recv(wait)? {
-            if dsts.contains(&from) {
-                answered.entry(from).or_insert_with(Instant::now);
+        if let Some(r) = sock.recv(wait)? {
+            if dsts.contains(&r.from) {
+                answered.entry(r.from).or_insert_with(Instant::now);
             }
         }
     }
@@ -278,6 +324,9 @@ pub struct PingStats {
     pub longest_gap: u32,
     /// Sequence numbers of the lost echoes (at most the first 1000).
     pub lost_seqs: Vec<u16>,
+    /// The slowest answer's round trip, by the kernel's receive time. An echo that waited in a
+    /// queue (a neighbour being resolved again) is answered, not lost: this shows the wait.
+    pub max_rtt: Duration,
 }
 
 /// A continuous pinger for tests: one echo every `interval` from a namespace to an address, for
@@ -339,6 +388,29 @@ impl Drop for Pinger {
     }
 }
 
+/// A pinger's bookkeeping: send times, answered sequence numbers, the slowest answer.
+struct Tally {
+    dst: Ipv4Addr,
+    sent_at: Vec<SystemTime>,
+    got: Vec<bool>,
+    max_rtt: Duration,
+}
+
+impl Tally {
+    fn answer(&mut self, r: Reply) {
+        let i = usize::from(r.seq);
+        if r.from == self.dst && i < self.sent_at.len() && !self.got[i] {
+            self.got[i] = true;
+            let at = r.at.unwrap_or_else(SystemTime::now);
+            self.max_rtt = self.max_rtt.max(at.duration_since(self.sent_at[i]).unwrap_or_default());
+        }
+    }
+
+    fn missing(&self) -> bool {
+        self.got[..self.sent_at.len()].contains(&false)
+    }
+}
+
 fn run_pinger(
     ns: &str,
     dst: Ipv4Addr,
@@ -348,32 +420,44 @@ fn run_pinger(
     stop: &AtomicBool,
 ) -> Result<PingStats> {
     let sock = IcmpSocket::open_in(ns)?;
+    // Kernel receive times: a reply's round trip is not stretched by this thread waiting for a
+    // CPU on a busy machine.
+    let _ = setsockopt(&sock.fd, sockopt::ReceiveTimestampns, &true);
     let start = Instant::now();
     let end = start + max_duration;
-    let mut got = vec![false; count as usize];
-    let mut sent: u32 = 0;
+    let mut t = Tally {
+        dst,
+        sent_at: Vec::new(),
+        got: vec![false; count as usize],
+        max_rtt: Duration::ZERO,
+    };
     // Send on a fixed schedule (start + k·interval) so slow receives do not stretch it.
-    while sent < count && !stop.load(Ordering::Relaxed) && Instant::now() < end {
-        sock.send(dst, sent as u16);
-        sent += 1;
-        let next = start + interval * sent;
+    while (t.sent_at.len() as u32) < count && !stop.load(Ordering::Relaxed) && Instant::now() < end {
+        t.sent_at.push(SystemTime::now());
+        sock.send(dst, (t.sent_at.len() - 1) as u16);
+        let next = start + interval * t.sent_at.len() as u32;
         while Instant::now() < next {
-            if let Some((from, seq)) = sock.recv(next.saturating_duration_since(Instant::now()))? {
-                if from == dst && (seq as u32) < sent {
-                    got[seq as usize] = true;
-                }
+            if let Some(r) = sock.recv(next.saturating_duration_since(Instant::now()))? {
+                t.answer(r);
             }
         }
     }
     let grace_end = Instant::now() + REPLY_GRACE;
-    while got[..sent as usize].contains(&false) && Instant::now() < grace_end {
-        if let Some((from, seq)) = sock.recv(grace_end.saturating_duration_since(Instant::now()))? {
-            if from == dst && (seq as u32) < sent {
-                got[seq as usize] = true;
-            }
+    while t.missing() && Instant::now() < grace_end {
+        if let Some(r) = sock.recv(grace_end.saturating_duration_since(Instant::now()))? {
+            t.answer(r);
         }
     }
-    Ok(stats(&got[..sent as usize]))
+    // Replies that arrived while this thread was not running (a busy machine) are in the socket
+    // already: take them before counting anything lost.
+    if t.missing() {
+        for r in sock.drain() {
+            t.answer(r);
+        }
+    }
+    let mut stats = stats(&t.got[..t.sent_at.len()]);
+    stats.max_rtt = t.max_rtt;
+    Ok(stats)
 }
 
 fn stats(got: &[bool]) -> PingStats {
@@ -395,6 +479,7 @@ fn stats(got: &[bool]) -> PingStats {
             .map(|(i, _)| i as u16)
             .take(1000)
             .collect(),
+        max_rtt: Duration::ZERO,
     }
 }
 
