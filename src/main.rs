@@ -40,7 +40,10 @@ fn run() -> Result<()> {
     // The agent is one task reacting to events: a single-threaded runtime keeps it small.
     // The lab drives many namespaces and processes at once and wants the threads.
     let rt = match cli.command {
-        Command::Agent(_) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Command::Agent(_) => {
+            one_malloc_arena();
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        }
         _ => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -54,4 +57,15 @@ fn run() -> Result<()> {
             Command::Lab(cmd) => cli::lab::run(cmd).await,
         }
     })
+}
+
+/// The agent's work is on one thread; glibc would still give each blocking helper thread (store
+/// calls, `nft`) an arena of its own, where memory freed after a large sync stays resident.
+/// One arena keeps the agent's footprint to what it holds (docs/benchmarks.md, footprint).
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a tuning parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }

@@ -22,6 +22,20 @@ const PIPELINE: usize = 64;
 /// entry: a 10,000-peer sync would otherwise write 30,000 lines.
 const LOG_EACH_UP_TO: usize = 64;
 
+/// After a full reconcile this large, freed memory is handed back to the kernel.
+const TRIM_AFTER_OPS: usize = 1000;
+
+/// A large sync (a listing, thousands of netlink requests and replies) leaves freed heap
+/// pages that glibc keeps for reuse; the agent's steady state needs far less, so it returns
+/// them rather than keep the peak resident.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The kernel's entries for our VXLAN device and public interface, as the agent last knew them.
 pub(crate) struct KernelView {
     vxlan: u32,
@@ -113,7 +127,9 @@ impl Agent {
         // Peers' VXLAN must be accepted before their entries send traffic our way. On the first
         // pass of this process the table may not exist yet, and then nothing is filtered: the
         // entries go first, so a joining host is reachable without waiting for `nft`.
-        let firewall_first = self.firewall.is_some();
+        // A peer that only leaves is filtered after its entries are gone, for the same reason.
+        let leaving = matches!(delta, Some(PeerDelta { after: None, .. }));
+        let firewall_first = self.firewall.is_some() && !leaving;
         if firewall_first {
             self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
         }
@@ -181,6 +197,9 @@ impl Agent {
             devices,
         });
         self.record_peers(set, devices, failed);
+        if delta.is_none() && ops.len() > TRIM_AFTER_OPS {
+            trim_heap();
+        }
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(ops.len()),

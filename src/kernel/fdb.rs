@@ -18,17 +18,16 @@ impl Kernel {
         // A plain ndmsg AF_BRIDGE dump ignores ndm_ifindex (the per-port filter needs strict
         // checking or the legacy ifinfomsg form), so dump all and filter here, in one pass.
         let req = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge);
-        let msgs: Vec<NeighbourMessage> = req
-            .execute()
+        // Filtered as the messages arrive: a 10,000-peer dump is never held whole.
+        req.execute()
+            .try_filter_map(|m| async move {
+                Ok(parse_fdb(&m)
+                    .filter(|&(i, _, permanent)| i == index && permanent)
+                    .map(|(_, f, _)| f))
+            })
             .try_collect()
             .await
-            .map_err(|e| nl_error("dump fdb", format!("dev {index}"), e))?;
-        Ok(msgs
-            .iter()
-            .filter_map(parse_fdb)
-            .filter(|&(i, _, permanent)| i == index && permanent)
-            .map(|(_, f, _)| f)
-            .collect())
+            .map_err(|e| nl_error("dump fdb", format!("dev {index}"), e))
     }
 
     /// `bridge fdb replace MAC dev INDEX dst IP self permanent`: a new dst replaces the old one.

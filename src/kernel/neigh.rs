@@ -16,17 +16,15 @@ impl Kernel {
         // NDA_IFINDEX makes the kernel filter the dump to the device (also without strict
         // checking); the entries are still checked below.
         req.message_mut().attributes.push(NeighbourAttribute::IfIndex(index));
-        let msgs: Vec<NeighbourMessage> = req
-            .execute()
+        req.execute()
+            .try_filter_map(|m| async move {
+                Ok(parse_neigh(&m)
+                    .filter(|&(i, _, permanent)| i == index && permanent)
+                    .map(|(_, n, _)| n))
+            })
             .try_collect()
             .await
-            .map_err(|e| nl_error("dump neighbours", format!("dev {index}"), e))?;
-        Ok(msgs
-            .iter()
-            .filter_map(parse_neigh)
-            .filter(|&(i, _, permanent)| i == index && permanent)
-            .map(|(_, n, _)| n)
-            .collect())
+            .map_err(|e| nl_error("dump neighbours", format!("dev {index}"), e))
     }
 
     /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.

@@ -24,13 +24,23 @@ impl Kernel {
 
     /// [`Kernel::routes`] for several devices, in one dump.
     pub async fn routes_on<C: FromIterator<RouteEntry>>(&self, oifs: &[u32]) -> Result<C, KernelError> {
-        let what = oifs.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-        let msgs = self.dump_ipv4_routes(what).await?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| parse_unicast(m, self.table))
-            .filter(|r| oifs.contains(&r.oif))
-            .collect())
+        let mut query = RouteMessage::default();
+        query.header.address_family = AddressFamily::Inet;
+        let table = self.table;
+        // Filtered as the messages arrive: a 10,000-peer dump is never held whole.
+        let routes: Vec<RouteEntry> = self
+            .handle
+            .route()
+            .get(query)
+            .execute()
+            .try_filter_map(|m| async move { Ok(parse_unicast(&m, table).filter(|r| oifs.contains(&r.oif))) })
+            .try_collect()
+            .await
+            .map_err(|e| {
+                let what = oifs.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+                nl_error("dump routes", format!("dev {what}"), e)
+            })?;
+        Ok(routes.into_iter().collect())
     }
 
     /// `ip route replace unreachable DST table T proto P`: in a named network's table, what is
