@@ -15,12 +15,15 @@
 //! - [`agent`]: starting and stopping agent processes.
 //! - [`probe`]: an in-process ICMP pinger that works from inside any namespace.
 //! - [`pods`]: pod namespaces wired by the `weft-cni` plugin, run inside their host's namespace.
+//! - [`endpoints`]: L2 endpoints, namespaces `NAME-eN` with a veth on a host's bridge, and
+//!   their moves from one host to another.
 //! - [`cluster`]: [`Lab`], the API the CLI and the integration tests use, and [`LabGuard`]
 //!   (its pod half in `cluster_pods`).
 
 pub mod agent;
 pub mod check;
 pub mod cluster;
+pub mod endpoints;
 mod cluster_pods;
 pub mod etcd;
 pub mod netns;
