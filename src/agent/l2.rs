@@ -61,6 +61,8 @@ pub(super) struct L2Agent {
     last_reconcile: Option<ReconcileStatus>,
     converged_once: bool,
     last_error: Option<String>,
+    /// Problems as last logged, so each is logged once when it appears and once when it ends.
+    logged_problems: BTreeSet<(String, String)>,
 }
 
 impl L2Agent {
@@ -96,6 +98,7 @@ impl L2Agent {
             last_reconcile: None,
             converged_once: false,
             last_error: None,
+            logged_problems: BTreeSet::new(),
         }
     }
 
@@ -138,7 +141,11 @@ impl L2Agent {
             loop {
                 let far = Instant::now() + Duration::from_secs(3600);
                 let thaw = self.tracker.next_thaw().map(Instant::from_std);
-                let wake = [Some(far), self.retry_at, thaw].into_iter().flatten().min().unwrap_or(far);
+                let wake = [Some(far), self.retry_at, thaw]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(far);
                 tokio::select! {
                     _ = &mut shutdown => {
                         info!("shutting down; bridge, device and entries stay in place");
@@ -284,7 +291,12 @@ impl L2Agent {
                 m.endpoint_event("duplicate_mac");
                 warn!(%mac, %kept, %claimed, "duplicate MAC: claimed by another host without a higher Seq; kept where it was");
             }
-            Event::Frozen { mac, at, claimed, moves } => {
+            Event::Frozen {
+                mac,
+                at,
+                claimed,
+                moves,
+            } => {
                 m.endpoint_event("frozen");
                 warn!(%mac, %at, %claimed, moves, "endpoint flapping: frozen at its last host");
             }
@@ -392,7 +404,9 @@ impl L2Agent {
                 i
             }
         };
-        let Some(cfg) = self.config.clone() else { return Ok(None) };
+        let Some(cfg) = self.config.clone() else {
+            return Ok(None);
+        };
         if self.devices_due || self.vxlan.is_none() || self.bridge.is_none() {
             self.ensure_devices(&cfg, &iface).await?;
             self.devices_due = false;
@@ -503,8 +517,20 @@ impl L2Agent {
         Ok(self.kernel.create_bridge(name).await?)
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let problems = self.tracker.problems();
+        let now: BTreeSet<(String, String)> = problems.iter().map(|p| (p.kind.clone(), p.mac.clone())).collect();
+        for p in problems
+            .iter()
+            .filter(|p| !self.logged_problems.contains(&(p.kind.clone(), p.mac.clone())))
+        {
+            let hosts: Vec<String> = p.hosts.iter().map(|h| h.to_string()).collect();
+            warn!(kind = %p.kind, mac = %p.mac, ip = %p.ip, hosts = %hosts.join(","), detail = %p.detail, "endpoint flagged");
+        }
+        for (kind, mac) in self.logged_problems.difference(&now) {
+            info!(%kind, %mac, "endpoint no longer flagged");
+        }
+        self.logged_problems = now;
         for kind in ["duplicate_ip", "duplicate_mac", "frozen"] {
             let n = problems.iter().filter(|p| p.kind == kind).count();
             self.shared.metrics.set_endpoint_problems(kind, n);

@@ -12,9 +12,9 @@
 
 use super::http::{self, Hub};
 use super::isolation::{self, HostSubnets};
+use super::l2::L2Agent;
 use super::params::NetworkParams;
 use super::status::RefusedNetwork;
-use super::l2::L2Agent;
 use super::{Agent, AgentError, AgentOptions};
 use crate::kernel::{self, Kernel, KernelEvent};
 use crate::network::admin::{self, Verdict};
@@ -328,7 +328,14 @@ impl Supervisor {
         };
         let task = match (mode, vni) {
             (Mode::L2, Some(vni)) => {
-                let agent = L2Agent::new(self.opts.clone(), params.clone(), vni, self.store.clone(), kernel, shared);
+                let agent = L2Agent::new(
+                    self.opts.clone(),
+                    params.clone(),
+                    vni,
+                    self.store.clone(),
+                    kernel,
+                    shared,
+                );
                 tokio::spawn(agent.run(events, stopped).instrument(span))
             }
             _ => {

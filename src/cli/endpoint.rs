@@ -104,8 +104,8 @@ pub async fn run(cmd: EndpointCommand) -> Result<()> {
             let Some(e) = s.get(&key).await? else {
                 bail!("{mac} is not registered in {network}");
             };
-            let have: Endpoint =
-                serde_json::from_str(&e.value).with_context(|| format!("{key} holds something that is not an endpoint"))?;
+            let have: Endpoint = serde_json::from_str(&e.value)
+                .with_context(|| format!("{key} holds something that is not an endpoint"))?;
             let seq = have.seq.checked_add(1).context("Seq cannot grow any more")?;
             let ep = Endpoint { host, seq, ..have };
             s.put(&key, &ep.to_json()).await?;
@@ -142,10 +142,7 @@ pub async fn run(cmd: EndpointCommand) -> Result<()> {
 }
 
 /// Opens the store and checks NETWORK is an L2 network.
-async fn open_l2(
-    args: &StoreArgs,
-    network: &str,
-) -> Result<(std::sync::Arc<dyn Store>, NetworkKeys, NetworkConfig)> {
+async fn open_l2(args: &StoreArgs, network: &str) -> Result<(std::sync::Arc<dyn Store>, NetworkKeys, NetworkConfig)> {
     crate::network::validate_name(network)?;
     let s = store::open(&args.config())?;
     let keys = NetworkKeys::named(&args.etcd_prefix, network);

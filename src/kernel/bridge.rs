@@ -53,7 +53,13 @@ impl Kernel {
         let msg = LinkBridgePort::new(port).learning(false).neigh_suppress(true).build();
         let req = self.handle.link().set_port(msg);
         let res = req.execute().await;
-        res.map_err(|e| nl_error("set bridge port", format!("dev {port} learning off neigh_suppress on"), e))
+        res.map_err(|e| {
+            nl_error(
+                "set bridge port",
+                format!("dev {port} learning off neigh_suppress on"),
+                e,
+            )
+        })
     }
 
     /// The bridge port flags of `port` as `(learning, neigh_suppress)`, `None` if it is no port.
@@ -107,7 +113,8 @@ impl Kernel {
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = port;
         msg.header.flags = NeighbourFlags::Controller;
-        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
         let res = self.handle.neighbours().del(msg).execute().await;
         ignore_errnos(
             res,
@@ -132,9 +139,7 @@ impl Kernel {
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
         let object = format!("00:00:00:00:00:00 dev {vxlan} dst {host} (append)");
         let mut handle = self.handle.clone();
-        let mut answers = handle
-            .request(req)
-            .map_err(|e| nl_error("append fdb", &object, e))?;
+        let mut answers = handle.request(req).map_err(|e| nl_error("append fdb", &object, e))?;
         while let Some(m) = answers.next().await {
             if let NetlinkPayload::Error(err) = m.payload {
                 let res = Err(rtnetlink::Error::NetlinkError(err));
@@ -146,7 +151,14 @@ impl Kernel {
 
     /// Removes `host` from the flood list; absent is success.
     pub async fn remove_flood(&self, vxlan: u32, host: Ipv4Addr) -> Result<(), KernelError> {
-        self.remove_fdb(vxlan, &FdbEntry { mac: Mac::ZERO, dst: host }).await
+        self.remove_fdb(
+            vxlan,
+            &FdbEntry {
+                mac: Mac::ZERO,
+                dst: host,
+            },
+        )
+        .await
     }
 
     /// What weft would have put on an L2 network's devices: one AF_BRIDGE dump for the FDBs,

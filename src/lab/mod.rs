@@ -23,8 +23,8 @@
 pub mod agent;
 pub mod check;
 pub mod cluster;
-pub mod endpoints;
 mod cluster_pods;
+pub mod endpoints;
 pub mod etcd;
 pub mod netns;
 pub mod nsstore;

@@ -180,7 +180,11 @@ pub async fn delete(store: &dyn Store, prefix: &str, name: &str) -> Result<Delet
         }
     }
     // An L2 network's endpoints (counted with the leases: both are per-host registrations).
-    for e in store.list(&crate::endpoint::endpoints_prefix(&keys.prefix)).await?.entries {
+    for e in store
+        .list(&crate::endpoint::endpoints_prefix(&keys.prefix))
+        .await?
+        .entries
+    {
         if store.delete(&e.key).await? {
             done.leases += 1;
         }
