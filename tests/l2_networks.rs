@@ -404,6 +404,12 @@ async fn l2_endpoints_ping_arp_locally_migrate_and_are_policed() {
     );
     let log = std::fs::read_to_string(lab.agent_log("h3")).unwrap();
     assert!(log.contains("endpoint flapping: frozen at its last host"), "h3 log");
+    let bin = weft_bin().display().to_string();
+    let shown = sh(&lab, "h3", &[&bin, "status"]);
+    assert!(
+        shown.contains(&format!("FLAGGED    frozen {flap}")) && shown.contains("l2         bridge weftbr.300"),
+        "{shown}"
+    );
 
     // Deleting the network takes the bridges away.
     ok(weft(&lab, &["net", "delete", NET, "--yes"]));
