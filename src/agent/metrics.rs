@@ -323,6 +323,9 @@ mod tests {
         a.leases.set(2);
         a.kernel_op("route", "ensure", true);
         a.reconciled(true, 0.001);
+        a.set_endpoints("remote", 2);
+        a.set_endpoint_problems("frozen", 1);
+        a.endpoint_event("moved");
         let text = r.encode();
         for want in [
             "weft_leases 3\n",
@@ -331,6 +334,9 @@ mod tests {
             "weft_reconciles_total{network=\"tenant-a\",result=\"ok\"} 1",
             "weft_reconcile_duration_seconds_count{network=\"tenant-a\"} 1",
             "weft_reconcile_duration_seconds_count 0",
+            "weft_endpoints{network=\"tenant-a\",place=\"remote\"} 2",
+            "weft_endpoint_problems{network=\"tenant-a\",kind=\"frozen\"} 1",
+            "weft_endpoint_events_total{network=\"tenant-a\",event=\"moved\"} 1",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
