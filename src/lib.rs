@@ -15,6 +15,7 @@ pub mod alloc;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod endpoint;
 #[cfg(feature = "runtime")]
 pub mod kernel;
 #[cfg(feature = "runtime")]

@@ -18,6 +18,9 @@ enum Command {
     /// Administer networks and leases in the store.
     #[command(subcommand)]
     Net(Box<cli::net::NetCommand>),
+    /// Register, move and remove the endpoints of an L2 network.
+    #[command(subcommand)]
+    Endpoint(Box<cli::endpoint::EndpointCommand>),
     /// Show this host's overlay state (from the agent, or from the store and kernel).
     Status(Box<cli::status::StatusArgs>),
     /// Build a many-host overlay out of network namespaces on this machine.
@@ -53,6 +56,7 @@ fn run() -> Result<()> {
         match cli.command {
             Command::Agent(args) => cli::agent::run(*args).await,
             Command::Net(cmd) => cli::net::run(*cmd).await,
+            Command::Endpoint(cmd) => cli::endpoint::run(*cmd).await,
             Command::Status(args) => cli::status::run(*args).await,
             Command::Lab(cmd) => cli::lab::run(cmd).await,
         }

@@ -147,6 +147,7 @@ mod tests {
             mac: None,
             up: false,
             running: false,
+            master: None,
             kind: Some("vxlan".into()),
             vxlan: Some(VxlanInfo {
                 vni: 1,

@@ -242,6 +242,16 @@ pub async fn teardown(
     if let Err(e) = remove_kernel_state(kernel, table, &device, &mut done).await {
         warn!(error = %e, "teardown: kernel state not fully removed");
     }
+    // An L2 network's bridge (an L3 network has none).
+    let bridge = crate::network::l2_bridge_name(vni);
+    match kernel.link_by_name(&bridge).await {
+        Ok(Some(link)) if link.kind.as_deref() == Some("bridge") => match kernel.delete_link(link.index).await {
+            Ok(()) => done.push(format!("removed bridge {bridge} with its neighbour and FDB entries")),
+            Err(e) => warn!(error = %e, "teardown: bridge not removed"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "teardown: bridge not looked up"),
+    }
     let nft_table = net.nft_table.clone();
     match tokio::task::spawn_blocking(move || nft::remove(&nft_table)).await {
         Ok(Ok(true)) => done.push(format!("removed nft table ip {}", net.nft_table)),
@@ -324,6 +334,13 @@ pub async fn remove_leftovers(
             }
         }
         for link in kernel.links().await? {
+            if let Some(vni) = crate::network::parse_l2_bridge(&link.name) {
+                if stale_vni(vni) && link.kind.as_deref() == Some("bridge") {
+                    kernel.delete_link(link.index).await?;
+                    done.push(format!("removed bridge {}", link.name));
+                }
+                continue;
+            }
             let Some(vni) = crate::network::parse_named_device(&link.name) else {
                 continue;
             };

@@ -40,6 +40,9 @@ pub struct MetricsRegistry {
     watch_restarts: Family<Labels, Counter>,
     lease_expiry: Family<Labels, Gauge<f64, AtomicU64>>,
     vxlan_dropped: Family<Labels, Counter>,
+    endpoints: Family<Labels, Gauge>,
+    endpoint_problems: Family<Labels, Gauge>,
+    endpoint_events: Family<Labels, Counter>,
 }
 
 impl Default for MetricsRegistry {
@@ -63,6 +66,9 @@ impl MetricsRegistry {
             watch_restarts: Family::default(),
             lease_expiry: Family::default(),
             vxlan_dropped: Family::default(),
+            endpoints: Family::default(),
+            endpoint_problems: Family::default(),
+            endpoint_events: Family::default(),
         };
         r.register(
             "leases",
@@ -107,6 +113,21 @@ impl MetricsRegistry {
             "vxlan_dropped_packets",
             "VXLAN packets dropped because they did not come from a peer",
             m.vxlan_dropped.clone(),
+        );
+        r.register(
+            "endpoints",
+            "Endpoints of an L2 network programmed on this host, by where they are (local, remote)",
+            m.endpoints.clone(),
+        );
+        r.register(
+            "endpoint_problems",
+            "Endpoints of an L2 network flagged now, by kind (duplicate_ip, duplicate_mac, frozen)",
+            m.endpoint_problems.clone(),
+        );
+        r.register(
+            "endpoint_events",
+            "Endpoint events in an L2 network, by event (moved, duplicate_mac, frozen, thawed, rejected)",
+            m.endpoint_events.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
@@ -208,6 +229,24 @@ impl Metrics {
         self.registry.reconciles.get_or_create(&l).inc();
     }
 
+    /// Sets an L2 network's endpoint gauge for `place` (`local` or `remote`).
+    pub fn set_endpoints(&self, place: &str, n: usize) {
+        let l = self.labels("endpoints", &[("place", place)]);
+        self.registry.endpoints.get_or_create(&l).set(n as i64);
+    }
+
+    /// Sets the number of endpoints flagged `kind` now.
+    pub fn set_endpoint_problems(&self, kind: &str, n: usize) {
+        let l = self.labels("endpoint_problems", &[("kind", kind)]);
+        self.registry.endpoint_problems.get_or_create(&l).set(n as i64);
+    }
+
+    /// Counts one endpoint event (`moved`, `duplicate_mac`, `frozen`, `thawed`, `rejected`).
+    pub fn endpoint_event(&self, event: &str) {
+        let l = self.labels("endpoint_events", &[("event", event)]);
+        self.registry.endpoint_events.get_or_create(&l).inc();
+    }
+
     /// Brings the dropped-VXLAN counter up to the kernel's count (which only grows, except
     /// when the table is recreated from scratch).
     pub fn set_vxlan_dropped(&self, kernel_count: u64) {
@@ -233,6 +272,9 @@ impl Metrics {
             match family {
                 "kernel_operations" => r.kernel_operations.remove(&l),
                 "leases_rejected" => r.leases_rejected.remove(&l),
+                "endpoints" => r.endpoints.remove(&l),
+                "endpoint_problems" => r.endpoint_problems.remove(&l),
+                "endpoint_events" => r.endpoint_events.remove(&l),
                 _ => r.reconciles.remove(&l),
             };
         }
@@ -281,6 +323,9 @@ mod tests {
         a.leases.set(2);
         a.kernel_op("route", "ensure", true);
         a.reconciled(true, 0.001);
+        a.set_endpoints("remote", 2);
+        a.set_endpoint_problems("frozen", 1);
+        a.endpoint_event("moved");
         let text = r.encode();
         for want in [
             "weft_leases 3\n",
@@ -289,6 +334,9 @@ mod tests {
             "weft_reconciles_total{network=\"tenant-a\",result=\"ok\"} 1",
             "weft_reconcile_duration_seconds_count{network=\"tenant-a\"} 1",
             "weft_reconcile_duration_seconds_count 0",
+            "weft_endpoints{network=\"tenant-a\",place=\"remote\"} 2",
+            "weft_endpoint_problems{network=\"tenant-a\",kind=\"frozen\"} 1",
+            "weft_endpoint_events_total{network=\"tenant-a\",event=\"moved\"} 1",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }

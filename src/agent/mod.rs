@@ -11,6 +11,7 @@ mod firewall;
 pub mod http;
 pub mod iface;
 pub mod isolation;
+mod l2;
 pub mod lease;
 pub mod metrics;
 mod notes;

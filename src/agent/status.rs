@@ -36,9 +36,28 @@ pub struct Status {
     /// The named networks the agent serves, each with its own view (`network.name` says which).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<Status>,
+    /// An L2 network's bridge, endpoints and flagged endpoints (absent for L3 networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<L2Status>,
     /// Named networks in the store the agent does not serve, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_networks: Vec<RefusedNetwork>,
+}
+
+/// An L2 network on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L2Status {
+    pub bridge: String,
+    /// Endpoints registered in the store (valid ones).
+    pub endpoints: usize,
+    pub local: usize,
+    pub remote: usize,
+    /// Hosts broadcast and unknown traffic goes to.
+    pub flood: Vec<String>,
+    /// Duplicate IPs and MACs, frozen endpoints.
+    pub problems: Vec<crate::planner::endpoints::Problem>,
+    /// Store entries under `endpoints/` that are not valid endpoints, with the reason.
+    pub rejected: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +191,8 @@ impl Status {
             _ => {}
         }
         match &self.lease {
+            // An L2 network leases nothing: its endpoints are registered instead.
+            _ if self.l2.is_some() => {}
             None => fail(
                 "lease",
                 self.lease_error.clone().unwrap_or_else(|| "no lease held".into()),

@@ -12,6 +12,7 @@
 
 use super::http::{self, Hub};
 use super::isolation::{self, HostSubnets};
+use super::l2::L2Agent;
 use super::params::NetworkParams;
 use super::status::RefusedNetwork;
 use super::{Agent, AgentError, AgentOptions};
@@ -75,6 +76,7 @@ pub fn wanted(filter: &Option<Vec<String>>, name: &str) -> bool {
 struct Running {
     /// The VNI the named network had when its agent started (0 for the default network).
     vni: u32,
+    mode: Mode,
     params: NetworkParams,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), AgentError>>,
@@ -102,7 +104,7 @@ impl Supervisor {
         tokio::pin!(shutdown);
         if wanted(&self.opts.networks, DEFAULT_NETWORK) {
             // Before the store answers: the default network's agent does not wait for us.
-            self.start(DEFAULT_NETWORK, None).await;
+            self.start(DEFAULT_NETWORK, None, Mode::L3).await;
         }
         let mut check = tokio::time::interval(CHECK_INTERVAL);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,21 +214,21 @@ impl Supervisor {
         let verdicts = admin::verdicts(self.default_vni, &stored);
         let mut refused = BTreeMap::new();
         let mut serve: BTreeMap<String, u32> = BTreeMap::new();
+        let mut modes: BTreeMap<String, Mode> = BTreeMap::new();
         for (name, v) in &verdicts {
             if !wanted(&self.opts.networks, name) {
                 continue;
             }
             match v {
-                Verdict::Serve { vni, mode: Mode::L3 } => {
+                Verdict::Serve { vni, mode } => {
                     serve.insert(name.clone(), *vni);
-                }
-                Verdict::Serve { mode: Mode::L2, .. } => {
-                    refused.insert(name.clone(), "L2 mode not served yet".to_string());
+                    modes.insert(name.clone(), *mode);
                 }
                 // An agent already serving it keeps its data plane and says what is wrong.
                 Verdict::Invalid(why) => match self.running.get(name) {
                     Some(r) => {
                         serve.insert(name.clone(), r.vni);
+                        modes.insert(name.clone(), r.mode);
                     }
                     None => {
                         refused.insert(name.clone(), why.clone());
@@ -248,23 +250,27 @@ impl Supervisor {
         let stale: Vec<String> = self
             .running
             .iter()
-            .filter(|(name, r)| name.as_str() != DEFAULT_NETWORK && serve.get(*name) != Some(&r.vni))
+            .filter(|(name, r)| {
+                name.as_str() != DEFAULT_NETWORK
+                    && (serve.get(*name) != Some(&r.vni) || modes.get(*name) != Some(&r.mode))
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
             let why = match (self.configs.contains_key(&name), refused.get(&name)) {
                 (false, _) => "deleted from the store".to_string(),
                 (true, Some(r)) => r.clone(),
-                (true, None) => "its VNI changed".to_string(),
+                (true, None) => "its VNI or mode changed".to_string(),
             };
             self.stop_and_tear_down(&name, &why).await;
         }
         if wanted(&self.opts.networks, DEFAULT_NETWORK) && !self.running.contains_key(DEFAULT_NETWORK) {
-            self.start(DEFAULT_NETWORK, None).await;
+            self.start(DEFAULT_NETWORK, None, Mode::L3).await;
         }
         for (name, vni) in serve {
             if !self.running.contains_key(&name) {
-                self.start(&name, Some(vni)).await;
+                let mode = modes.get(&name).copied().unwrap_or_default();
+                self.start(&name, Some(vni), mode).await;
             }
         }
         self.note_refused(refused);
@@ -294,7 +300,7 @@ impl Supervisor {
     }
 
     /// Starts the agent of `name` (`vni` for a named network, `None` for the default one).
-    async fn start(&mut self, name: &str, vni: Option<u32>) {
+    async fn start(&mut self, name: &str, vni: Option<u32>, mode: Mode) {
         // A netlink socket of its own: the kernel runs one dump at a time per socket, and every
         // agent dumps at every reconcile.
         let kernel = match Kernel::connect().await {
@@ -312,27 +318,40 @@ impl Supervisor {
             ),
         };
         if let Some(vni) = vni {
-            info!(network = %name, vni, device = %params.device_name(vni), table = net::route_table(vni), "serving network");
+            info!(network = %name, vni, %mode, device = %params.device_name(vni), table = net::route_table(vni), "serving network");
             // The default network's nft table leaves this VNI to the network's own table.
             self.host.serve_vni(name, vni);
             self.fanout.nudge(DEFAULT_NETWORK);
         }
         let shared = self.hub.add(name);
         let (stop, stopped) = oneshot::channel::<()>();
-        let agent = Agent::new(self.opts.clone(), params.clone(), self.store.clone(), kernel, shared);
         let span = tracing::info_span!("network", network = %name);
         let events = self.fanout.subscribe(name);
-        let task = tokio::spawn(
-            agent
-                .run(events, async move {
-                    let _ = stopped.await;
-                })
-                .instrument(span),
-        );
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        let task = match (mode, vni) {
+            (Mode::L2, Some(vni)) => {
+                let agent = L2Agent::new(
+                    self.opts.clone(),
+                    params.clone(),
+                    vni,
+                    self.store.clone(),
+                    kernel,
+                    shared,
+                );
+                tokio::spawn(agent.run(events, stopped).instrument(span))
+            }
+            _ => {
+                let agent = Agent::new(self.opts.clone(), params.clone(), self.store.clone(), kernel, shared);
+                tokio::spawn(agent.run(events, stopped).instrument(span))
+            }
+        };
         self.running.insert(
             name.to_string(),
             Running {
                 vni: vni.unwrap_or(0),
+                mode,
                 params,
                 stop: Some(stop),
                 task,
@@ -376,7 +395,7 @@ impl Supervisor {
             if let Some(r) = self.stop(&name).await {
                 error!(network = %name, "network agent stopped; starting it again");
                 let vni = r.params.named.map(|n| n.vni);
-                self.start(&name, vni).await;
+                self.start(&name, vni, r.mode).await;
             }
         }
     }

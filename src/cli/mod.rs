@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod config_file;
+pub mod endpoint;
 pub mod lab;
 pub mod net;
 pub mod status;

@@ -24,7 +24,8 @@ pub enum NetCommand {
         /// Length of each host's subnet (default 24 for a /22 or larger network).
         #[arg(long)]
         subnet_len: Option<u8>,
-        /// `l3`: one routed subnet per host (flannel's); `l2`: one flat subnet (not served yet).
+        /// `l3`: one routed subnet per host (flannel's); `l2`: one flat subnet with endpoints registered
+        /// in the store (`weft endpoint`).
         #[arg(long, default_value = "l3", value_parser = parse_mode)]
         mode: Mode,
         #[command(flatten)]
@@ -166,7 +167,10 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
                 keys.config()
             );
             if mode == Mode::L2 {
-                println!("note: agents do not serve L2 networks yet");
+                println!(
+                    "bridge {} on every host; add endpoints with `weft endpoint add {name} --host … --mac … --ip …`",
+                    crate::network::l2_bridge_name(vni)
+                );
             }
             Ok(())
         }

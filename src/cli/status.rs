@@ -207,7 +207,10 @@ pub fn render(st: &Status, now: SystemTime) -> String {
         let _ = writeln!(o);
         let _ = writeln!(o, "== network {} ==", n.name.as_deref().unwrap_or("?"));
         render_network(&mut o, n, now);
-        render_peers(&mut o, n);
+        match &n.l2 {
+            Some(l2) => render_l2(&mut o, l2),
+            None => render_peers(&mut o, n),
+        }
     }
     if !st.refused_networks.is_empty() {
         let _ = writeln!(o);
@@ -216,6 +219,35 @@ pub fn render(st: &Status, now: SystemTime) -> String {
         }
     }
     o
+}
+
+/// An L2 network's bridge, endpoints, flood list and flagged endpoints.
+fn render_l2(o: &mut String, l2: &status::L2Status) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        o,
+        "l2         bridge {}, {} endpoints ({} here, {} remote), flood to [{}]",
+        l2.bridge,
+        l2.endpoints,
+        l2.local,
+        l2.remote,
+        l2.flood.join(", ")
+    );
+    for p in &l2.problems {
+        let hosts: Vec<String> = p.hosts.iter().map(|h| h.to_string()).collect();
+        let _ = writeln!(
+            o,
+            "FLAGGED    {} {} {} on [{}]: {}",
+            p.kind,
+            p.mac,
+            p.ip,
+            hosts.join(", "),
+            p.detail
+        );
+    }
+    for r in &l2.rejected {
+        let _ = writeln!(o, "rejected   {r}");
+    }
 }
 
 fn render_network(o: &mut String, st: &Status, now: SystemTime) {

@@ -106,11 +106,13 @@ pub(super) fn parse_link(msg: &LinkMessage) -> LinkInfo {
         running: flags.contains(LinkFlags::LowerUp),
         kind: None,
         vxlan: None,
+        master: None,
     };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => info.name = n.clone(),
             LinkAttribute::Mtu(m) => info.mtu = *m,
+            LinkAttribute::Controller(m) => info.master = Some(*m),
             LinkAttribute::Address(a) => info.mac = Mac::from_slice(a),
             LinkAttribute::OperState(State::Up | State::Unknown) if info.up => info.running = true,
             LinkAttribute::LinkInfo(infos) => {

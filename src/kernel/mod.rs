@@ -10,6 +10,7 @@
 //! three dumps, not 30,000 lookups.
 
 mod addr;
+pub mod bridge;
 mod fdb;
 mod link;
 mod monitor;
@@ -93,6 +94,8 @@ pub struct LinkInfo {
     /// `IFLA_INFO_KIND` (`"vxlan"`, `"veth"`, …).
     pub kind: Option<String>,
     pub vxlan: Option<VxlanInfo>,
+    /// Index of the bridge (or other master) the link is a port of.
+    pub master: Option<u32>,
 }
 
 /// What to create: `ip link add NAME type vxlan id VNI local LOCAL dev LINK dstport PORT nolearning`.

@@ -16,6 +16,8 @@
 //! - [`probe`]: an in-process ICMP pinger that works from inside any namespace.
 //! - [`faults`]: seeded fault plans, the faults themselves and the invariants checked after them.
 //! - [`pods`]: pod namespaces wired by the `weft-cni` plugin, run inside their host's namespace.
+//! - [`endpoints`]: L2 endpoints, namespaces `NAME-eN` with a veth on a host's bridge, and
+//!   their moves from one host to another.
 //! - [`cluster`]: [`Lab`], the API the CLI and the integration tests use, and [`LabGuard`]
 //!   (its pod half in `cluster_pods`).
 
@@ -23,6 +25,7 @@ pub mod agent;
 pub mod check;
 pub mod cluster;
 mod cluster_pods;
+pub mod endpoints;
 pub mod etcd;
 pub mod faults;
 pub mod netns;

@@ -103,6 +103,12 @@ pub fn pod_ns(lab: &str, host: &str, pod: u32) -> String {
     format!("{lab}-{host}-p{pod}")
 }
 
+/// L2 endpoint `n` (1-based): namespace `NAME-eN`, wired to a host's bridge by
+/// [`crate::lab::endpoints`].
+pub fn endpoint_ns(lab: &str, n: u32) -> String {
+    format!("{lab}-e{n}")
+}
+
 /// The outside namespace's plan: the router's `.1` and the outside's `.10` on [`OUTSIDE_RACK`]'s subnet.
 pub fn outside_subnet() -> Ipv4Net {
     rack_subnet(OUTSIDE_RACK).expect("OUTSIDE_RACK is a rack")
@@ -122,6 +128,7 @@ pub fn is_lab_namespace(lab: &str, ns: &str) -> bool {
     let positive = |n: &str| !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit());
     match ns.strip_prefix(lab).and_then(|rest| rest.strip_prefix('-')) {
         Some("router") | Some("outside") => true,
+        Some(rest) if rest.starts_with('e') && positive(&rest[1..]) => true,
         Some(rest) => match rest.split_once("-p") {
             Some((host, pod)) => host_index(host).is_some() && positive(pod),
             None => host_index(rest).is_some(),
@@ -269,6 +276,8 @@ mod tests {
         assert!(is_lab_namespace("t1", "t1-h37"));
         assert!(is_lab_namespace("t1", "t1-outside"));
         assert!(is_lab_namespace("t1", "t1-h2-p3"));
+        assert!(is_lab_namespace("t1", "t1-e4"));
+        assert!(!is_lab_namespace("t1", "t1-e04") && !is_lab_namespace("t1", "t1-ex"));
         assert_eq!(pod_ns("t1", "h2", 3), "t1-h2-p3");
         for other in [
             "t1",

@@ -179,6 +179,16 @@ pub async fn delete(store: &dyn Store, prefix: &str, name: &str) -> Result<Delet
             done.leases += 1;
         }
     }
+    // An L2 network's endpoints (counted with the leases: both are per-host registrations).
+    for e in store
+        .list(&crate::endpoint::endpoints_prefix(&keys.prefix))
+        .await?
+        .entries
+    {
+        if store.delete(&e.key).await? {
+            done.leases += 1;
+        }
+    }
     let claims = vnis_prefix(prefix);
     for e in store.list(&claims).await?.entries {
         if e.value == name {

@@ -188,6 +188,19 @@ pub fn parse_named_device(name: &str) -> Option<u32> {
     n.parse().ok()
 }
 
+/// An L2 network's bridge, `weftbr.<VNI>`: at most 15 characters for any 24-bit VNI (the
+/// kernel's limit), with the VXLAN device `weft.<VNI>` as a port.
+pub fn l2_bridge_name(vni: u32) -> String {
+    format!("weftbr.{vni}")
+}
+
+/// The VNI of an L2 bridge's name (`weftbr.100` → 100).
+pub fn parse_l2_bridge(name: &str) -> Option<u32> {
+    let n = name.strip_prefix("weftbr.")?;
+    (!n.starts_with('0') || n == "0").then_some(())?;
+    n.parse().ok()
+}
+
 /// A named network's routing table.
 pub fn route_table(vni: u32) -> u32 {
     ROUTE_TABLE_BASE + vni

@@ -2,6 +2,7 @@
 //! that make the kernel match. Everything subtle is decided here, where it can be tested
 //! without root; the executor in `kernel` only carries operations out.
 
+pub mod endpoints;
 pub mod peers;
 pub mod state;
 
