@@ -8,6 +8,7 @@
 //! config is written, so two networks never share a VNI. Everything that names a key, a device,
 //! a table or a file goes through this module.
 
+#[cfg(feature = "runtime")]
 pub mod admin;
 
 use serde_json::Value;
