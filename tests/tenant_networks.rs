@@ -253,7 +253,7 @@ async fn two_tenants_with_one_cidr_stay_apart_and_come_and_go_live() {
     let default_filter = |h: &str| sh(&lab, h, &["nft", "list", "chain", "ip", "weft", "input"]);
     for h in &hosts {
         let ok = wait_for(Duration::from_secs(5), || {
-            default_filter(h).contains("@th,96,24 != 0x64 @th,96,24 != 0xc8 ip saddr != @peers")
+            default_filter(h).contains("@th,96,24 != { 0x64, 0xc8 } ip saddr != @peers")
         });
         assert!(ok, "{h}: {}", default_filter(h));
     }

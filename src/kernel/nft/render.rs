@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use nftables::batch::Batch;
 use nftables::expr::{
     BinaryOperation, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadBase,
-    PayloadField, PayloadRaw, Prefix,
+    PayloadField, PayloadRaw, Prefix, SetItem,
 };
 use nftables::schema::{Chain, Counter, NfListObject, Nftables, Rule, Set, SetType, SetTypeValue, Table};
 use nftables::stmt::{self, Match, Operator, Statement, NAT};
@@ -219,20 +219,31 @@ fn vxlan_filter_rule(spec: &FirewallSpec) -> Vec<Statement<'static>> {
         op: Operator::EQ,
     })];
     // The VXLAN header follows the 8-byte UDP header: flags (8 bits), reserved (24), VNI (24).
-    let vni_match = |op: Operator, vni: u32| {
+    let vni_match = |op: Operator, right: Expression<'static>| {
         Statement::Match(Match {
             left: Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(PayloadRaw {
                 base: PayloadBase::TH,
                 offset: 96,
                 len: 24,
             }))),
-            right: Expression::Number(vni),
+            right,
             op,
         })
     };
     match spec.vni {
-        Some(vni) => v.push(vni_match(Operator::EQ, vni)),
-        None => v.extend(spec.exempt_vnis.iter().map(|vni| vni_match(Operator::NEQ, *vni))),
+        Some(vni) => v.push(vni_match(Operator::EQ, Expression::Number(vni))),
+        None if spec.exempt_vnis.is_empty() => {}
+        // One anonymous set, not one comparison per VNI: a rule holds at most 128 expressions,
+        // and a host may serve more named networks than that.
+        None => v.push(vni_match(
+            Operator::NEQ,
+            Expression::Named(NamedExpression::Set(
+                spec.exempt_vnis
+                    .iter()
+                    .map(|vni| SetItem::Element(Expression::Number(*vni)))
+                    .collect(),
+            )),
+        )),
     }
     v.extend([
         Statement::Match(Match {
@@ -524,7 +535,7 @@ mod unit {
             ..spec()
         });
         assert!(
-            d.contains(r#""right":8472,"op":"=="}},{"match":{"left":{"payload":{"base":"th","offset":96,"len":24}},"right":100,"op":"!="}},{"match":{"left":{"payload":{"base":"th","offset":96,"len":24}},"right":200,"op":"!="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}}"#),
+            d.contains(r#""right":8472,"op":"=="}},{"match":{"left":{"payload":{"base":"th","offset":96,"len":24}},"right":{"set":[100,200]},"op":"!="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}}"#),
             "{d}"
         );
     }

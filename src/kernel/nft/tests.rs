@@ -114,7 +114,7 @@ fn a_named_networks_table_reads_back_as_rendered_and_lives_beside_the_default() 
     };
     assert_eq!(ensure_in(&ns, &default), Applied::Created);
     assert_eq!(ensure_in(&ns, &default), Applied::Unchanged);
-    assert!(listing(&ns).contains("udp dport 8472 @th,96,24 != 0x64 @th,96,24 != 0xc8 ip saddr != @peers"));
+    assert!(listing(&ns).contains("udp dport 8472 @th,96,24 != { 0x64, 0xc8 } ip saddr != @peers"));
     let peers = vec!["192.0.2.77".parse().unwrap()];
     ns.enter(move || update_peers("weft-tenant-a", &peers, &[])).unwrap();
     assert!(ns.exec_ok("nft list set ip weft-tenant-a peers").contains("192.0.2.77"));
