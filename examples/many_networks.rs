@@ -23,6 +23,19 @@ fn count(lab: &Lab, host: &str, argv: &[&str]) -> Result<usize> {
         .count())
 }
 
+/// VXLAN devices, and weft's unicast routes in all tables, on `host`.
+fn devices_and_routes(lab: &Lab, host: &str) -> Result<(usize, usize)> {
+    let devices = count(lab, host, &["ip", "-o", "link", "show", "type", "vxlan"])?;
+    let routes = count(
+        lab,
+        host,
+        &[
+            "ip", "-4", "route", "show", "table", "all", "proto", "87", "type", "unicast",
+        ],
+    )?;
+    Ok((devices, routes))
+}
+
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -74,14 +87,7 @@ async fn main() -> Result<()> {
     loop {
         let mut done = true;
         for h in &hosts {
-            let devices = count(&lab, h, &["ip", "-o", "link", "show", "type", "vxlan"])?;
-            let routes = count(
-                &lab,
-                h,
-                &[
-                    "ip", "-4", "route", "show", "table", "all", "proto", "87", "type", "unicast",
-                ],
-            )?;
+            let (devices, routes) = devices_and_routes(&lab, h)?;
             if devices < n as usize + 1 || routes < want_routes {
                 done = false;
             }
@@ -91,14 +97,7 @@ async fn main() -> Result<()> {
         }
         if Instant::now() > deadline {
             for h in &hosts {
-                let devices = count(&lab, h, &["ip", "-o", "link", "show", "type", "vxlan"])?;
-                let routes = count(
-                    &lab,
-                    h,
-                    &[
-                        "ip", "-4", "route", "show", "table", "all", "proto", "87", "type", "unicast",
-                    ],
-                )?;
+                let (devices, routes) = devices_and_routes(&lab, h)?;
                 eprintln!(
                     "{h}: {devices} devices, {routes} routes (want {} and {want_routes})",
                     n + 1
@@ -124,14 +123,7 @@ async fn main() -> Result<()> {
     println!("| host | vxlan devices | weft routes (all tables) | unreachable routes | rules | permanent neighbours | fdb entries | nft tables |");
     println!("|---|---|---|---|---|---|---|---|");
     for h in &hosts {
-        let devices = count(&lab, h, &["ip", "-o", "link", "show", "type", "vxlan"])?;
-        let routes = count(
-            &lab,
-            h,
-            &[
-                "ip", "-4", "route", "show", "table", "all", "proto", "87", "type", "unicast",
-            ],
-        )?;
+        let (devices, routes) = devices_and_routes(&lab, h)?;
         let unreachable = count(
             &lab,
             h,
