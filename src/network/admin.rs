@@ -125,25 +125,7 @@ pub async fn create(
         });
     }
     let claim = vni_claim_key(prefix, vni);
-    if store.create(&claim, name, CLAIM_TTL).await?.is_none() {
-        let holder = store.get(&claim).await?.map(|e| e.value).unwrap_or_default();
-        // Our own claim, left by an interrupted create or delete: ours to use.
-        if holder != name {
-            let holder_exists = validate_name(&holder).is_ok()
-                && store
-                    .get(&NetworkKeys::named(prefix, &holder).config())
-                    .await?
-                    .is_some();
-            return Err(if holder_exists || validate_name(&holder).is_err() {
-                AdminError::VniTaken {
-                    vni,
-                    by: format!("network {holder:?}"),
-                }
-            } else {
-                AdminError::StaleClaim { vni, holder }
-            });
-        }
-    }
+    claim_vni(store, prefix, name, vni, &claim).await?;
     let text = config_text.trim();
     store.put(&keys.config(), text).await?;
     // Two creates of one name with different VNIs both get here: the last put wins, and the
@@ -154,6 +136,44 @@ pub async fn create(
         return Err(AdminError::Raced(name.into()));
     }
     Ok(cfg)
+}
+
+/// How long a claim without a config is taken for a create still in progress (which writes its
+/// config milliseconds after its claim) before it is reported as left by an interrupted create.
+const CLAIM_SETTLE: Duration = Duration::from_secs(2);
+
+/// Takes `<prefix>/vnis/<vni>` for `name`, or says who holds it.
+async fn claim_vni(store: &dyn Store, prefix: &str, name: &str, vni: u32, claim: &str) -> Result<(), AdminError> {
+    let deadline = tokio::time::Instant::now() + CLAIM_SETTLE;
+    loop {
+        if store.create(claim, name, CLAIM_TTL).await?.is_some() {
+            return Ok(());
+        }
+        // The claim may have gone between our create and this read (a racing create gave it
+        // back): then try again.
+        let Some(holder) = store.get(claim).await?.map(|e| e.value) else {
+            continue;
+        };
+        // Our own claim, left by an interrupted create or delete: ours to use.
+        if holder == name {
+            return Ok(());
+        }
+        let holder_exists = validate_name(&holder).is_err()
+            || store
+                .get(&NetworkKeys::named(prefix, &holder).config())
+                .await?
+                .is_some();
+        if holder_exists {
+            return Err(AdminError::VniTaken {
+                vni,
+                by: format!("network {holder:?}"),
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AdminError::StaleClaim { vni, holder });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What `delete` removed.
