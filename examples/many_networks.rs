@@ -135,6 +135,13 @@ async fn main() -> Result<()> {
         let tables = count(&lab, h, &["nft", "list", "tables"])?;
         println!("| {h} | {devices} | {routes} | {unreachable} | {rules} | {neighs} | {fdbs} | {tables} |");
     }
+    // WEFT_BENCH_LOGS=DIR keeps the agents' logs (the lab's directory goes with `down`).
+    if let Ok(keep) = std::env::var("WEFT_BENCH_LOGS") {
+        std::fs::create_dir_all(&keep)?;
+        for h in &hosts {
+            std::fs::copy(lab.agent_log(h), std::path::Path::new(&keep).join(format!("{h}.log")))?;
+        }
+    }
     lab.down()?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use super::{Agent, AgentError};
 use crate::config::NetworkConfig;
-use crate::kernel::nft::{self, Applied, FirewallSpec};
+use crate::kernel::nft::{Applied, FirewallSpec, NftOutcome, NftRequest};
 use crate::kernel::offload::{self, TxChecksumPolicy};
 use crate::kernel::{KernelError, LinkInfo};
 use crate::planner::peers::Peer;
@@ -46,17 +46,14 @@ impl Agent {
                 ..old.clone()
             }) == spec
             {
-                let added: Vec<_> = spec.peers.difference(&old.peers).copied().collect();
-                let removed: Vec<_> = old.peers.difference(&spec.peers).copied().collect();
-                let table = spec.table.clone();
-                let result = tokio::task::spawn_blocking(move || nft::update_peers(&table, &added, &removed))
-                    .await
-                    .map_err(|e| KernelError::Nft {
-                        op: "update peers",
-                        message: e.to_string(),
-                    })?;
+                let request = NftRequest::UpdatePeers {
+                    table: spec.table.clone(),
+                    added: spec.peers.difference(&old.peers).copied().collect(),
+                    removed: old.peers.difference(&spec.peers).copied().collect(),
+                };
+                let result = self.net.nft.run(request).await;
                 match result {
-                    Ok(()) => {
+                    Ok(_) => {
                         self.shared.metrics.kernel_op("nft", "update", true);
                         info!(table = %spec.table, peers = spec.peers.len(), "nft: updated peers set");
                         self.firewall = Some(spec);
@@ -70,23 +67,15 @@ impl Agent {
             }
         }
         let spec_changed = self.firewall.as_ref() != Some(&spec);
-        let s = spec.clone();
-        // The drop counter is read at resyncs only: it feeds a metric, not the data plane.
-        let read_counter = self.firewall_check_due;
-        let (applied, dropped) = tokio::task::spawn_blocking(move || -> Result<_, KernelError> {
-            let dropped = if read_counter {
-                Some(nft::dropped_vxlan_packets(&s.table)?)
-            } else {
-                None
-            };
-            Ok((nft::ensure(&s)?, dropped))
-        })
-        .await
-        .map_err(|e| KernelError::Nft {
-            op: "ensure",
-            message: e.to_string(),
-        })??;
-        self.shared.metrics.kernel_op("nft", "ensure", true);
+        let outcome = self.net.nft.run(NftRequest::Ensure(spec.clone())).await;
+        self.shared.metrics.kernel_op("nft", "ensure", outcome.is_ok());
+        let NftOutcome::Ensured { applied, dropped } = outcome? else {
+            return Err(KernelError::Nft {
+                op: "ensure",
+                message: "unexpected answer from the nft task".into(),
+            }
+            .into());
+        };
         match applied {
             Applied::Unchanged => {}
             Applied::Created => info!(
@@ -99,9 +88,8 @@ impl Agent {
             Applied::Rewritten if spec_changed => info!(table = %spec.table, "nft: rewrote table"),
             Applied::Rewritten => warn!(table = %spec.table, "nft: table was changed by hand; repaired"),
         }
-        if let Some(dropped) = dropped {
-            self.shared.metrics.set_vxlan_dropped(dropped);
-        }
+        // The counter as listed before the write (a rewrite keeps its value).
+        self.shared.metrics.set_vxlan_dropped(dropped);
         self.firewall = Some(spec);
         self.firewall_check_due = false;
         Ok(())

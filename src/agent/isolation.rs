@@ -15,8 +15,9 @@
 use super::params::{NetworkParams, RULE_PRIORITY};
 use super::{iface, Agent, AgentError, AgentOptions};
 use crate::config::NetworkConfig;
+use crate::kernel::nft::{self, NftOutcome, NftRequest};
 use crate::kernel::rule::RuleEntry;
-use crate::kernel::{nft, Kernel, KernelError, LinkInfo};
+use crate::kernel::{Kernel, KernelError, LinkInfo};
 use crate::lease::Lease;
 use crate::planner::state::ROUTE_PROTO_WEFT;
 use crate::store::Store;
@@ -252,12 +253,10 @@ pub async fn teardown(
         Ok(_) => {}
         Err(e) => warn!(error = %e, "teardown: bridge not looked up"),
     }
-    let nft_table = net.nft_table.clone();
-    match tokio::task::spawn_blocking(move || nft::remove(&nft_table)).await {
-        Ok(Ok(true)) => done.push(format!("removed nft table ip {}", net.nft_table)),
-        Ok(Ok(false)) => {}
-        Ok(Err(e)) => warn!(error = %e, "teardown: nft table not removed"),
-        Err(e) => warn!(error = %e, "teardown: nft task failed"),
+    match net.nft.run(NftRequest::Remove(net.nft_table.clone())).await {
+        Ok(NftOutcome::Removed(true)) => done.push(format!("removed nft table ip {}", net.nft_table)),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "teardown: nft table not removed"),
     }
     match std::fs::remove_file(&net.subnet_file) {
         Ok(()) => done.push(format!("removed {}", net.subnet_file.display())),

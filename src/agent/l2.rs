@@ -112,7 +112,7 @@ impl L2Agent {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
-        let mut resync = tokio::time::interval(self.opts.resync_interval);
+        let mut resync = super::interval_from_now(self.opts.resync_interval);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::from_millis(100);
         info!(vni = self.vni, bridge = %crate::network::l2_bridge_name(self.vni), "L2 network agent starting");

@@ -14,6 +14,7 @@ pub mod isolation;
 mod l2;
 pub mod lease;
 pub mod metrics;
+mod nft_batcher;
 mod notes;
 pub mod params;
 pub(crate) mod reconcile;
@@ -251,9 +252,11 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
-        let mut resync = tokio::time::interval(self.opts.resync_interval);
+        // First ticks one period from now: the start is a full sync already, and a tick at
+        // once would make the first change after it a second one (a table listing, dumps).
+        let mut resync = interval_from_now(self.opts.resync_interval);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut probe = tokio::time::interval(STORE_PROBE_INTERVAL);
+        let mut probe = interval_from_now(STORE_PROBE_INTERVAL);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::from_millis(100);
         let mut first_connect = true;
@@ -732,6 +735,11 @@ impl Agent {
         self.written_env = Some(env);
         Ok(())
     }
+}
+
+/// A `tokio::time::interval` whose first tick is one period away, not immediate.
+pub(super) fn interval_from_now(period: Duration) -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + period, period)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! network; an L2 network's agent (later) gets its own variant here.
 
 use super::isolation::HostSubnets;
+use super::nft_batcher::NftBatcher;
 use super::AgentOptions;
 use crate::network::{self, NetworkKeys, DEFAULT_NETWORK};
 use ipnet::Ipv4Net;
@@ -27,6 +28,8 @@ pub struct NetworkParams {
     pub named: Option<Named>,
     /// The subnets this host holds in each of its networks (shared by all its agents).
     pub host: Arc<HostSubnets>,
+    /// The host's `nft` task (shared by all its agents: their work goes in common runs).
+    pub nft: NftBatcher,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +40,7 @@ pub struct Named {
 
 impl NetworkParams {
     /// The default network: flannel's keys, device, file and weft's `ip weft` table.
-    pub fn default_network(opts: &AgentOptions, host: Arc<HostSubnets>) -> NetworkParams {
+    pub fn default_network(opts: &AgentOptions, host: Arc<HostSubnets>, nft: NftBatcher) -> NetworkParams {
         NetworkParams {
             name: DEFAULT_NETWORK.into(),
             keys: NetworkKeys::new(&opts.prefix),
@@ -45,11 +48,12 @@ impl NetworkParams {
             nft_table: network::DEFAULT_NFT_TABLE.into(),
             named: None,
             host,
+            nft,
         }
     }
 
     /// Named network `name` with VNI `vni`.
-    pub fn named(opts: &AgentOptions, name: &str, vni: u32, host: Arc<HostSubnets>) -> NetworkParams {
+    pub fn named(opts: &AgentOptions, name: &str, vni: u32, host: Arc<HostSubnets>, nft: NftBatcher) -> NetworkParams {
         NetworkParams {
             name: name.into(),
             keys: NetworkKeys::named(&opts.prefix, name),
@@ -60,6 +64,7 @@ impl NetworkParams {
                 route_table: network::route_table(vni),
             }),
             host,
+            nft,
         }
     }
 

@@ -13,6 +13,7 @@
 use super::http::{self, Hub};
 use super::isolation::{self, HostSubnets};
 use super::l2::L2Agent;
+use super::nft_batcher::NftBatcher;
 use super::params::NetworkParams;
 use super::status::RefusedNetwork;
 use super::{Agent, AgentError, AgentOptions};
@@ -53,6 +54,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     }
     let mut sup = Supervisor {
         host: Arc::new(HostSubnets::default()),
+        nft: NftBatcher::start(),
         opts,
         store,
         kernel,
@@ -89,6 +91,7 @@ struct Supervisor {
     fanout: Fanout,
     hub: Arc<Hub>,
     host: Arc<HostSubnets>,
+    nft: NftBatcher,
     running: BTreeMap<String, Running>,
     /// The default network's VNI, if its config parses: no named network may use it.
     default_vni: Option<u32>,
@@ -311,9 +314,12 @@ impl Supervisor {
             }
         };
         let (params, kernel) = match vni {
-            None => (NetworkParams::default_network(&self.opts, self.host.clone()), kernel),
+            None => (
+                NetworkParams::default_network(&self.opts, self.host.clone(), self.nft.clone()),
+                kernel,
+            ),
             Some(vni) => (
-                NetworkParams::named(&self.opts, name, vni, self.host.clone()),
+                NetworkParams::named(&self.opts, name, vni, self.host.clone(), self.nft.clone()),
                 kernel.with_table(net::route_table(vni)),
             ),
         };

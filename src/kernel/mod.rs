@@ -29,7 +29,7 @@ use crate::planner::state::Change;
 use std::fmt::Display;
 use std::net::Ipv4Addr;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KernelError {
     /// The kernel (or the netlink transport) refused `op` on `object`.
     /// `errno` is the positive errno the kernel answered with, 0 if the failure was not an errno

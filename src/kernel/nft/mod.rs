@@ -43,6 +43,7 @@
 //! All functions are blocking (they run the `nft` binary, a few milliseconds) and act in the
 //! network namespace of the *calling thread*, which the `nft` child inherits.
 
+mod batch;
 mod compare;
 mod render;
 #[cfg(test)]
@@ -50,10 +51,10 @@ pub(crate) mod testns;
 #[cfg(test)]
 mod tests;
 
+pub use batch::{run_batch, NftOutcome, NftRequest};
 pub use render::render;
 
 use super::KernelError;
-use compare::canonical;
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -129,26 +130,10 @@ impl Applied {
 
 /// Makes the kernel's table `spec.table` match `spec`, writing only if it differs.
 pub fn ensure(spec: &FirewallSpec) -> Result<Applied, KernelError> {
-    let want_objs: Vec<Value> = render::table_objects(spec).iter().map(to_value).collect();
-    let want = canonical(&want_objs);
-    let Some(have_objs) = list_table(&spec.table)? else {
-        apply("create table", &render(spec))?;
-        return Ok(Applied::Created);
-    };
-    let have = canonical(&have_objs);
-    if have == want {
-        return Ok(Applied::Unchanged);
+    match one(NftRequest::Ensure(spec.clone()))? {
+        NftOutcome::Ensured { applied, .. } => Ok(applied),
+        other => Err(nft_err("ensure table", format!("unexpected outcome {other:?}"))),
     }
-    if have.objects == want.objects && have.rules == want.rules {
-        apply("update set peers", &peers_update(&spec.table, &spec.peers))?;
-        return Ok(Applied::PeersUpdated);
-    }
-    let mut batch = to_value(&render(spec));
-    for old in have_objs.iter().filter_map(|o| o.get("counter")) {
-        carry_counter(&mut batch, old);
-    }
-    apply("rewrite table", &batch)?;
-    Ok(Applied::Rewritten)
 }
 
 /// Adds and removes elements of the peers set in one nft transaction, without reading the
@@ -156,6 +141,27 @@ pub fn ensure(spec: &FirewallSpec) -> Result<Applied, KernelError> {
 /// compare and a write). Fails if the table or an element to remove is missing; the caller
 /// then falls back to [`ensure`].
 pub fn update_peers(table: &str, added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Result<(), KernelError> {
+    one(NftRequest::UpdatePeers {
+        table: table.into(),
+        added: added.to_vec(),
+        removed: removed.to_vec(),
+    })
+    .map(drop)
+}
+
+/// Deletes table `table`. Ok(false) if there was none.
+pub fn remove(table: &str) -> Result<bool, KernelError> {
+    Ok(one(NftRequest::Remove(table.into()))? == NftOutcome::Removed(true))
+}
+
+fn one(request: NftRequest) -> Result<NftOutcome, KernelError> {
+    run_batch(std::slice::from_ref(&request))
+        .pop()
+        .unwrap_or_else(|| Err(nft_err("batch", "no result")))
+}
+
+/// The commands that add and remove elements of `table`'s peers set.
+fn peer_commands(table: &str, added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Vec<Value> {
     let set = json!({"family": "ip", "table": table, "name": SET_PEERS});
     let mut cmds = Vec::new();
     let mut with = |verb: &str, ips: &[Ipv4Addr]| {
@@ -167,24 +173,7 @@ pub fn update_peers(table: &str, added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Re
     };
     with("delete", removed);
     with("add", added);
-    if cmds.is_empty() {
-        return Ok(());
-    }
-    apply("update peers", &json!({ "nftables": cmds }))
-}
-
-/// Deletes table `table`. Ok(false) if there was none.
-pub fn remove(table: &str) -> Result<bool, KernelError> {
-    if list_table(table)?.is_none() {
-        return Ok(false);
-    }
-    // add + delete: succeeds even if the table vanished since we looked.
-    let table = json!({"family": "ip", "name": table});
-    apply(
-        "delete table",
-        &json!({"nftables": [{"add": {"table": table}}, {"delete": {"table": table}}]}),
-    )?;
-    Ok(true)
+    cmds
 }
 
 /// The names of every `ip` family table (weft's and anybody else's).
@@ -276,9 +265,12 @@ fn nft_err(op: &'static str, message: impl Into<String>) -> KernelError {
     }
 }
 
-/// Applies a JSON batch with `nft -j -f -` (one transaction).
-fn apply<T: serde::Serialize>(op: &'static str, batch: &T) -> Result<(), KernelError> {
-    let input = serde_json::to_string(batch).expect("JSON serializes");
+/// Applies commands with `nft -j -f -` (one transaction); none is a no-op.
+fn apply_commands(op: &'static str, commands: Vec<Value>) -> Result<(), KernelError> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let input = json!({ "nftables": commands }).to_string();
     nft(op, &["-j", "-f", "-"], Some(&input)).map(drop)
 }
 

@@ -288,3 +288,85 @@ fn vxlan_only_from_peers() {
     stranger.send_to(b"stranger", "198.51.100.1:8472").unwrap();
     assert!(rx.recv_from(&mut buf).is_ok());
 }
+
+#[test]
+fn a_batch_serves_many_tables_in_one_run_and_keeps_errors_apart() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let named = |name: &str, vni: u32| FirewallSpec {
+        table: format!("weft-{name}"),
+        vni: Some(vni),
+        ip_masq: false,
+        isolate: Some(format!("weft.{vni}")),
+        ..spec()
+    };
+    let (a, b) = (named("a", 100), named("b", 101));
+    let peer: Ipv4Addr = "198.51.100.9".parse().unwrap();
+    let requests = vec![
+        NftRequest::Ensure(a.clone()),
+        NftRequest::Ensure(b.clone()),
+        // A peer update of a table that does not exist fails, alone.
+        NftRequest::UpdatePeers {
+            table: "weft-missing".into(),
+            added: vec![peer],
+            removed: vec![],
+        },
+        // The same table again: decided after the first request created it.
+        NftRequest::UpdatePeers {
+            table: a.table.clone(),
+            added: vec![peer],
+            removed: vec![],
+        },
+        NftRequest::Remove("weft-none".into()),
+    ];
+    let results = ns.enter(move || run_batch(&requests));
+    let created = NftOutcome::Ensured {
+        applied: Applied::Created,
+        dropped: 0,
+    };
+    assert_eq!(results[0].as_ref().ok(), Some(&created), "{results:?}");
+    assert_eq!(results[1].as_ref().ok(), Some(&created), "{results:?}");
+    assert!(results[2].is_err(), "{results:?}");
+    assert_eq!(results[3].as_ref().ok(), Some(&NftOutcome::PeersUpdated), "{results:?}");
+    assert_eq!(
+        results[4].as_ref().ok(),
+        Some(&NftOutcome::Removed(false)),
+        "{results:?}"
+    );
+    assert!(ns.exec_ok("nft list table ip weft-a").contains("198.51.100.9"));
+    assert!(ns
+        .exec_ok("nft list table ip weft-b")
+        .contains("elements = { 198.51.100.2 }"));
+
+    // Both listed in one run: b unchanged, a's extra peer taken out again, c created, a
+    // foreign table left alone.
+    ns.exec_ok("nft add table ip other");
+    let c = named("c", 102);
+    let requests = vec![
+        NftRequest::Ensure(a.clone()),
+        NftRequest::Ensure(b.clone()),
+        NftRequest::Ensure(c),
+        NftRequest::Remove(b.table.clone()),
+    ];
+    let results = ns.enter(move || run_batch(&requests));
+    let outcome = |applied| NftOutcome::Ensured { applied, dropped: 0 };
+    let got: Vec<_> = results.iter().map(|r| r.as_ref().ok().copied()).collect();
+    assert_eq!(
+        got,
+        [
+            Some(outcome(Applied::PeersUpdated)),
+            Some(outcome(Applied::Unchanged)),
+            Some(outcome(Applied::Created)),
+            Some(NftOutcome::Removed(true)),
+        ]
+    );
+    let tables = ns.exec_ok("nft list tables");
+    assert!(
+        tables.contains("weft-a") && tables.contains("weft-c") && tables.contains("other"),
+        "{tables}"
+    );
+    assert!(!tables.contains("weft-b"), "{tables}");
+    assert!(!ns.exec_ok("nft list table ip weft-a").contains("198.51.100.9"));
+}
