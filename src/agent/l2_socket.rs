@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Mutex};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 /// A request not answered within this is answered with a retryable error (the store is slow).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -65,11 +65,14 @@ impl Server {
                 }
             };
             let (this, lock) = (this.clone(), lock.clone());
-            tokio::spawn(async move {
-                if let Err(e) = this.serve(stream, &lock).await {
-                    warn!(error = %e, "weft-cni connection failed");
+            tokio::spawn(
+                async move {
+                    if let Err(e) = this.serve(stream, &lock).await {
+                        warn!(error = %e, "weft-cni connection failed");
+                    }
                 }
-            });
+                .in_current_span(),
+            );
         }
     }
 

@@ -213,6 +213,8 @@ pub fn add(args: &CniArgs, conf: &NetConf, network: &str, env: &Env) -> Result<S
     })?;
     let config = build(conf, &l2, Some(&reg));
     let id = saved_id(network, args);
+    // A repeated ADD of a container that is up: if it fails, the container stays as it was.
+    let repeated = files::load(&conf.data_dir, &id).is_some();
     let outcome = files::save(&conf.data_dir, &id, &config)
         .and_then(|()| super::plugin::call(args, conf, config.clone(), env))
         .and_then(|out| {
@@ -236,6 +238,9 @@ pub fn add(args: &CniArgs, conf: &NetConf, network: &str, env: &Env) -> Result<S
             }
         });
     outcome.inspect_err(|_| {
+        if repeated {
+            return;
+        }
         // Undo what this ADD did: the runtime may never send a DEL for a failed ADD.
         let _ = super::plugin::call(
             &CniArgs {

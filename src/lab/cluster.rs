@@ -324,6 +324,7 @@ impl Lab {
             outside: None,
             hosts: plans.iter().map(|p| HostState::new(p.clone(), ip_masq)).collect(),
             etcd: members,
+            endpoints: Vec::new(),
         };
         for p in &plans {
             let d = state::host_dir(&dir, &p.name);
