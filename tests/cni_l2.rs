@@ -6,8 +6,8 @@
 //! and every container pings every other; CHECK passes; (b) ADDs on two hosts at once never give
 //! one address twice, and two hosts asking for one address by name get it once, the other a
 //! clear refusal; (c) DEL removes the endpoint from every host's FDB and neighbour table and
-//! releases the address, and a second DEL succeeds; (d) `weft lab endpoint add` endpoints share
-//! the address space with containers and reach them; (e) an unknown network and a host whose
+//! releases the address, and a second DEL succeeds; (d) `weft endpoint add` and `weft lab
+//! endpoint add` endpoints share the address space with containers, and reach them; (e) an unknown network and a host whose
 //! agent is not running give a clear "try again later" error. Containers are the lab's pod
 //! namespaces (`NAME-hI-pJ`), so the lab's guard removes them. Needs root; about 15 s.
 
@@ -253,7 +253,27 @@ async fn weft_cni_joins_containers_to_an_l2_network_across_hosts() {
     );
     cni(&lab, "DEL", h2, p2, &del_conf).success();
 
-    // (d) A lab endpoint asking for a container's address is refused; one with a free address
+    // (d) `weft endpoint add` of a container's address is refused; so is a lab endpoint asking
+    // for it, while one with a free address is reached by the containers.
+    let out = std::process::Command::new(weft_bin())
+        .args([
+            "endpoint",
+            "add",
+            NET,
+            "--host",
+            "192.0.2.99",
+            "--mac",
+            "02:00:00:00:99:99",
+        ])
+        .args(["--ip", &pods[0].3.to_string(), "--store", lab.store_url()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("is claimed by container"),
+        "{stderr}"
+    );
+    // A lab endpoint asking for a container's address is refused; one with a free address
     // is reached by the containers.
     let err = lab
         .add_endpoint(NET, "h3", Some(pods[0].3))
