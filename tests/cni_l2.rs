@@ -7,9 +7,11 @@
 //! one address twice, and two hosts asking for one address by name get it once, the other a
 //! clear refusal; (c) DEL removes the endpoint from every host's FDB and neighbour table and
 //! releases the address, and a second DEL succeeds; (d) `weft endpoint add` and `weft lab
-//! endpoint add` endpoints share the address space with containers, and reach them; (e) an unknown network and a host whose
-//! agent is not running give a clear "try again later" error. Containers are the lab's pod
-//! namespaces (`NAME-hI-pJ`), so the lab's guard removes them. Needs root; about 15 s.
+//! endpoint add` endpoints share the address space with containers, and reach them; (e) an
+//! unknown network and a host whose agent is not running give a clear "try again later" error,
+//! and a DEL there succeeds once the agent is back; (f) removing a host removes its lab
+//! endpoints. Containers are the lab's pod namespaces (`NAME-hI-pJ`), so the lab's guard removes
+//! them. Needs root; a few seconds.
 
 mod common;
 
@@ -314,6 +316,25 @@ async fn weft_cni_joins_containers_to_an_l2_network_across_hosts() {
         links,
         "a refused ADD changed h3's links"
     );
+
+    // DEL while the agent is down is retried (code 11) until it can unregister; then it does.
+    let (h3, p3, r3, _) = &pods[2];
+    let del3 = conf(&lab, h3, NET, json!({}));
+    assert!(cni(&lab, "DEL", h3, p3, &del3)
+        .error(11)
+        .contains("cannot reach the weft agent"));
+    lab.start_agent(h3).await.unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || cni(&lab, "DEL", h3, p3, &del3).ok),
+        "DEL does not succeed once the agent is back"
+    );
+    assert!(!endpoints(&lab).iter().any(|e| e.0 == mac_of(r3)));
+
+    // Removing a host removes its lab endpoints.
+    let ep = lab.add_endpoint(NET, "h2", None).await.expect("lab endpoint on h2");
+    lab.remove_host("h2").await.unwrap();
+    assert!(lab.endpoints().is_empty());
+    assert!(!endpoints(&lab).iter().any(|e| e.1 == ep.ip.to_string()));
 
     lab.down().expect("lab down");
     assert_gone(&name);

@@ -129,3 +129,74 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::agent_client;
+    use crate::l2ipam::protocol::{Op, Request};
+    use crate::store::sqlite::SqliteStore;
+
+    fn req(op: Op, container: &str, mac: Option<&str>, ip: Option<Ipv4Addr>) -> Request {
+        Request {
+            op,
+            container: container.into(),
+            ifname: "eth0".into(),
+            mac: mac.map(|m| m.parse().unwrap()),
+            ip,
+        }
+    }
+
+    /// The plugin's client against the agent's server, through a real socket and store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plugin_and_agent_speak_through_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db").to_str().unwrap()).unwrap());
+        let path = dir.path().join("networks/l2.sock");
+        let (ready_tx, ready) = watch::channel(None);
+        let server = Server {
+            path: path.clone(),
+            store,
+            net_prefix: "/coreos.com/network/networks/l2".into(),
+            ready,
+        };
+        let listener = bind(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let task = tokio::spawn(server.run(listener));
+        let call = |r: Request| {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || agent_client::call(&path, "l2", &r))
+        };
+
+        let add = req(Op::Add, "c1", Some("02:00:00:00:00:01"), None);
+        let e = call(add.clone()).await.unwrap().unwrap_err();
+        assert_eq!(e.code(), 11, "not ready yet: {e}");
+        ready_tx.send_replace(Some((Ipv4Addr::new(192, 0, 2, 10), "10.70.0.0/24".parse().unwrap())));
+        let reg = call(add.clone()).await.unwrap().unwrap().unwrap();
+        assert_eq!(
+            (reg.ip, reg.prefix_len, reg.host),
+            (Ipv4Addr::new(10, 70, 0, 1), 24, Ipv4Addr::new(192, 0, 2, 10))
+        );
+        let check = req(Op::Check, "c1", Some("02:00:00:00:00:01"), Some(reg.ip));
+        call(check.clone()).await.unwrap().unwrap();
+        let taken = req(Op::Add, "c2", Some("02:00:00:00:00:02"), Some(reg.ip));
+        let e = call(taken).await.unwrap().unwrap_err();
+        assert_eq!(e.code(), 100, "{e}");
+        assert!(
+            e.to_string()
+                .contains("already taken: claimed by container c1 (eth0) on 192.0.2.10"),
+            "{e}"
+        );
+        call(req(Op::Del, "c1", None, None)).await.unwrap().unwrap();
+        call(req(Op::Del, "c1", None, None)).await.unwrap().unwrap();
+        assert_eq!(call(check).await.unwrap().unwrap_err().code(), 100);
+
+        // Junk gets an answer, not a hang.
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"junk\n").await.unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("{\"Ok\":false,\"Error\":\"not a request"), "{reply}");
+        task.abort();
+    }
+}

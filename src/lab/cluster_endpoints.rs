@@ -45,7 +45,10 @@ impl Lab {
     /// address), registers it, and plugs namespace `NAME-eN` into the host's bridge.
     pub async fn add_endpoint(&mut self, network: &str, host: &str, ip: Option<Ipv4Addr>) -> Result<EndpointState> {
         let host_ip = self.underlay_ip(host)?;
-        let cidr = self.l2_network(network).await?;
+        let cidr = self.l2_network(network).await?.ok_or_else(|| LabError::Invalid {
+            lab: self.state.name.clone(),
+            reason: format!("no network {network:?} (create it with `weft net create {network} --mode l2 …`)"),
+        })?;
         let env = self.wait_for_network(host, network).await?;
         let taken: Vec<u32> = netns::list()?
             .iter()
@@ -108,16 +111,18 @@ impl Lab {
         let ep = self.state.endpoints[at].clone();
         let store = self.store()?;
         let prefix = NetworkKeys::named(&self.state.prefix, network).prefix;
-        let cidr = self.l2_network(network).await?;
-        let ipam = Ipam {
-            store: store.as_ref(),
-            net_prefix: &prefix,
-            network: cidr,
-            host: self.underlay_ip(&ep.host)?,
-        };
-        ipam.release(&self.endpoint_container(ep.n), "eth0")
-            .await
-            .map_err(self.ipam_error(format!("unregistering {ip} from {network}")))?;
+        // A deleted network took its endpoints and claims with it.
+        if let Some(cidr) = self.l2_network(network).await? {
+            let ipam = Ipam {
+                store: store.as_ref(),
+                net_prefix: &prefix,
+                network: cidr,
+                host: self.underlay_ip(&ep.host)?,
+            };
+            ipam.release(&self.endpoint_container(ep.n), "eth0")
+                .await
+                .map_err(self.ipam_error(format!("unregistering {ip} from {network}")))?;
+        }
         let ns = topology::endpoint_ns(&self.state.name, ep.n);
         if netns::list()?.contains(&ns) {
             netns::delete_namespaces(&[ns])?;
@@ -127,8 +132,8 @@ impl Lab {
         Ok(ep)
     }
 
-    /// The CIDR of L2 network `network`, refusing one that does not exist or is L3.
-    async fn l2_network(&self, network: &str) -> Result<ipnet::Ipv4Net> {
+    /// The CIDR of L2 network `network` (`None` if it does not exist), refusing an L3 one.
+    async fn l2_network(&self, network: &str) -> Result<Option<ipnet::Ipv4Net>> {
         let invalid = |reason: String| LabError::Invalid {
             lab: self.state.name.clone(),
             reason,
@@ -136,21 +141,19 @@ impl Lab {
         crate::network::validate_name(network).map_err(|e| invalid(e.to_string()))?;
         let key = NetworkKeys::named(&self.state.prefix, network).config();
         let store = self.store()?;
-        let entry = store
+        let Some(entry) = store
             .get(&key)
             .await
             .map_err(LabError::store(format!("reading {key}")))?
-            .ok_or_else(|| {
-                invalid(format!(
-                    "no network {network:?} (create it with `weft net create {network} --mode l2 …`)"
-                ))
-            })?;
+        else {
+            return Ok(None);
+        };
         let is_l2 = Mode::from_config(&entry.value).is_ok_and(|m| m == Mode::L2);
         if !is_l2 {
             return Err(invalid(format!("network {network:?} is not an L2 network")));
         }
         NetworkConfig::parse(&entry.value)
-            .map(|c| c.network)
+            .map(|c| Some(c.network))
             .map_err(|e| invalid(format!("network {network:?}: {e}")))
     }
 
