@@ -544,6 +544,7 @@ impl L2Agent {
                     store: self.store.clone(),
                     net_prefix: self.net.keys.prefix.clone(),
                     ready: self.ready.subscribe(),
+                    shared: self.shared.clone(),
                 };
                 Some(AbortOnDrop(tokio::spawn(server.run(listener).in_current_span())))
             }

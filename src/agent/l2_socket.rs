@@ -5,6 +5,7 @@
 //! The plugin never holds store credentials: they stay with the agent, which answers only for
 //! its own host (the endpoint's `Host` is always this agent's public IP).
 
+use super::http::Shared;
 use crate::l2ipam::protocol::{Op, Reply, Request, MAX_REQUEST_BYTES};
 use crate::l2ipam::store::Ipam;
 use crate::store::Store;
@@ -31,6 +32,7 @@ pub(super) struct Server {
     pub store: Arc<dyn Store>,
     pub net_prefix: String,
     pub ready: Ready,
+    pub shared: Arc<Shared>,
 }
 
 /// Binds the socket (replacing a stale one) readable and writable by root only.
@@ -89,10 +91,19 @@ impl Server {
                 Err(why) => Reply::failed(why, false),
                 Ok(req) => {
                     let _one = lock.lock().await;
-                    match tokio::time::timeout(REQUEST_TIMEOUT, self.answer(&req)).await {
+                    let reply = match tokio::time::timeout(REQUEST_TIMEOUT, self.answer(&req)).await {
                         Ok(r) => r,
                         Err(_) => Reply::failed("the store did not answer in time; try again", true),
-                    }
+                    };
+                    let result = match (reply.ok, reply.retry) {
+                        (true, _) => "ok",
+                        (false, true) => "retry",
+                        (false, false) => "refused",
+                    };
+                    let op = serde_json::to_value(req.op).ok();
+                    let op = op.as_ref().and_then(serde_json::Value::as_str).unwrap_or("?");
+                    self.shared.metrics.cni_request(op, result);
+                    reply
                 }
             },
         };
@@ -159,7 +170,9 @@ mod tests {
             store,
             net_prefix: "/coreos.com/network/networks/l2".into(),
             ready,
+            shared: Arc::new(Shared::new(crate::agent::metrics::Metrics::new())),
         };
+        let shared = server.shared.clone();
         let listener = bind(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let task = tokio::spawn(server.run(listener));
@@ -197,6 +210,16 @@ mod tests {
         let mut reply = String::new();
         s.read_to_string(&mut reply).await.unwrap();
         assert!(reply.starts_with("{\"Ok\":false,\"Error\":\"not a request"), "{reply}");
+        let metrics = shared.metrics.encode();
+        for want in [
+            "weft_cni_requests_total{op=\"ADD\",result=\"retry\"} 1",
+            "weft_cni_requests_total{op=\"ADD\",result=\"ok\"} 1",
+            "weft_cni_requests_total{op=\"ADD\",result=\"refused\"} 1",
+            "weft_cni_requests_total{op=\"DEL\",result=\"ok\"} 2",
+            "weft_cni_requests_total{op=\"CHECK\",result=\"refused\"} 1",
+        ] {
+            assert!(metrics.contains(want), "{want} missing from\n{metrics}");
+        }
         task.abort();
     }
 }
