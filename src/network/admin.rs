@@ -372,6 +372,10 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // An L2 network's address claim goes too (`list(…/networks/a/)` below sees every key).
+        s.create(&format!("{P}/networks/a/ips/10.50.0.1"), "{}", CLAIM_TTL)
+            .await
+            .unwrap();
         let nets = list(&s, P).await.unwrap();
         let counts: Vec<_> = nets.iter().map(|n| (n.name.as_str(), n.vni(), n.leases)).collect();
         assert_eq!(counts, [("a", Some(100), 2), ("b", Some(101), 0)]);
