@@ -18,6 +18,7 @@ pub mod config;
 pub mod endpoint;
 #[cfg(feature = "runtime")]
 pub mod kernel;
+pub mod l2ipam;
 #[cfg(feature = "runtime")]
 pub mod lab;
 pub mod lease;

@@ -8,8 +8,9 @@
 
 mod common;
 
+use common::cni::{plugin_bin, run, Reply};
+
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -18,70 +19,9 @@ const PLUGINS: &str = "/usr/lib/cni";
 const GATEWAY: &str = "10.0.37.1";
 const MTU: u32 = 1400;
 
-fn plugin_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_weft-cni"))
-}
-
-/// What a runtime sees of one call.
-#[derive(Debug)]
-struct Reply {
-    ok: bool,
-    stdout: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
-    }
-
-    /// Asserts a CNI error with `code` and returns its message.
-    fn error(&self, code: u64) -> String {
-        assert!(!self.ok, "expected an error, got success: {}", self.stdout);
-        let v = self.json();
-        assert_eq!(v["code"], code, "{v}");
-        assert!(v["cniVersion"].is_string(), "{v}");
-        v["msg"].as_str().expect("msg").to_string()
-    }
-
-    fn success(&self) -> &Self {
-        assert!(self.ok, "plugin failed: {}", self.stdout);
-        self
-    }
-}
-
 /// One plugin call. `via_ns` runs it inside that namespace; `env` is the whole environment.
 fn call(via_ns: Option<&str>, env: &[(&str, String)], stdin: &str) -> Reply {
     run(via_ns, &plugin_bin(), env, stdin)
-}
-
-/// Runs a CNI plugin binary as a runtime does: only the given environment, the config on stdin.
-fn run(via_ns: Option<&str>, binary: &Path, env: &[(&str, String)], stdin: &str) -> Reply {
-    let mut cmd = match via_ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(binary);
-            c
-        }
-        None => Command::new(binary),
-    };
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("start the plugin");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait for the plugin");
-    Reply {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    }
 }
 
 fn subnet_env(ipmasq: bool) -> String {

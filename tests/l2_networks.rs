@@ -14,7 +14,7 @@
 mod common;
 
 use common::kernel::{sh, wait_for};
-use common::{have_root, lab_name, weft_bin};
+use common::{create_l2_network, have_root, lab_name, weft_bin};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use weft::agent::status::Status;
@@ -125,20 +125,7 @@ async fn l2_endpoints_ping_arp_locally_migrate_and_are_policed() {
     let hosts = lab.host_names();
     let host_ip = |h: &str| lab.underlay_ip(h).unwrap();
 
-    ok(weft(
-        &lab,
-        &[
-            "net",
-            "create",
-            NET,
-            "--vni",
-            &VNI.to_string(),
-            "--cidr",
-            "10.70.0.0/16",
-            "--mode",
-            "l2",
-        ],
-    ));
+    create_l2_network(&lab, NET, VNI, "10.70.0.0/16");
     for h in &hosts {
         let up = wait_for(Duration::from_secs(15), || {
             let out = lab.exec(h, &["ip", "-d", "link", "show", "weft.300"]).unwrap();

@@ -109,7 +109,8 @@ pub async fn cleanup(opts: &AgentOptions, release: bool) -> Result<Vec<String>, 
             entries
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "env")),
+                // Named networks' files, and L2 networks' weft-cni sockets.
+                .filter(|p| p.extension().is_some_and(|x| x == "env" || x == "sock")),
         );
     }
     for path in files {

@@ -258,10 +258,16 @@ pub async fn teardown(
         Ok(_) => {}
         Err(e) => warn!(error = %e, "teardown: nft table not removed"),
     }
-    match std::fs::remove_file(&net.subnet_file) {
-        Ok(()) => done.push(format!("removed {}", net.subnet_file.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warn!(path = %net.subnet_file.display(), error = %e, "teardown: subnet file not removed"),
+    // The subnet file, or an L2 network's file and weft-cni socket.
+    for path in [
+        net.subnet_file.clone(),
+        crate::l2ipam::env::socket_path(&net.subnet_file),
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => done.push(format!("removed {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(path = %path.display(), error = %e, "teardown: file not removed"),
+        }
     }
     match release_own_leases(kernel, store, opts, net).await {
         Ok(keys) => done.extend(keys.into_iter().map(|k| format!("released lease {k}"))),
@@ -386,7 +392,7 @@ pub async fn remove_leftovers(
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".env"));
+                .and_then(|n| n.strip_suffix(".env").or_else(|| n.strip_suffix(".sock")));
             let stale = name.is_some_and(|n| crate::network::validate_name(n).is_ok() && !stored_names.contains(n));
             if stale && std::fs::remove_file(&path).is_ok() {
                 done.push(format!("removed {}", path.display()));

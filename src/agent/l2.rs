@@ -16,23 +16,35 @@
 use super::device;
 use super::http::Shared;
 use super::iface::{self, PublicIface};
+use super::l2_socket;
 use super::params::NetworkParams;
 use super::status::{self, DeviceStatus, IfaceStatus, L2Status, NetworkStatus, ReconcileStatus, Status, StoreStatus};
 use super::{AgentError, AgentOptions};
 use crate::config::NetworkConfig;
 use crate::endpoint::{self, Endpoint};
 use crate::kernel::{self, Kernel, KernelEvent, LinkInfo, VxlanSpec};
+use crate::l2ipam::env::{self, L2Env};
 use crate::mac::Mac;
 use crate::planner::endpoints::{plan, Damping, Event, L2Op, Tracker};
 use crate::store::{Entry, Store, StoreError, WatchEvent};
+use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
+
+/// A task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 pub(super) struct L2Agent {
     opts: AgentOptions,
@@ -63,6 +75,10 @@ pub(super) struct L2Agent {
     last_error: Option<String>,
     /// Problems as last logged, so each is logged once when it appears and once when it ends.
     logged_problems: BTreeSet<(String, String)>,
+    /// This host's public IP and the network's CIDR, for the weft-cni socket once both are known.
+    ready: watch::Sender<Option<(Ipv4Addr, Ipv4Net)>>,
+    /// The network file for weft-cni as last written.
+    written_env: Option<L2Env>,
 }
 
 impl L2Agent {
@@ -99,6 +115,8 @@ impl L2Agent {
             converged_once: false,
             last_error: None,
             logged_problems: BTreeSet::new(),
+            ready: watch::channel(None).0,
+            written_env: None,
         }
     }
 
@@ -116,6 +134,8 @@ impl L2Agent {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::from_millis(100);
         info!(vni = self.vni, bridge = %crate::network::l2_bridge_name(self.vni), "L2 network agent starting");
+        // Stops with the agent (dropped on every return).
+        let _socket = self.serve_cni();
         'connect: loop {
             let mut watch = match self.relist().await {
                 Ok(w) => {
@@ -431,6 +451,7 @@ impl L2Agent {
             }
             res?;
         }
+        self.publish_for_cni(&cfg, &iface, &vx)?;
         self.announce(&desired.local, br.index);
         self.shared.metrics.set_endpoints("local", desired.local.len());
         self.shared.metrics.set_endpoints("remote", desired.remote.len());
@@ -509,6 +530,59 @@ impl L2Agent {
         }
         self.vxlan = self.kernel.link_by_name(&spec.name).await?;
         self.bridge = Some(br);
+        Ok(())
+    }
+
+    /// Starts the weft-cni socket next to the network's file (see `l2_socket`). Without it
+    /// the network still works; only weft-cni cannot register containers.
+    fn serve_cni(&self) -> Option<AbortOnDrop> {
+        let path = env::socket_path(&self.net.subnet_file);
+        match l2_socket::bind(&path) {
+            Ok(listener) => {
+                let server = l2_socket::Server {
+                    path,
+                    store: self.store.clone(),
+                    net_prefix: self.net.keys.prefix.clone(),
+                    ready: self.ready.subscribe(),
+                    shared: self.shared.clone(),
+                };
+                Some(AbortOnDrop(tokio::spawn(server.run(listener).in_current_span())))
+            }
+            Err(e) => {
+                error!(socket = %path.display(), error = %e, "cannot serve weft-cni: socket not bound");
+                None
+            }
+        }
+    }
+
+    /// Tells the socket what it needs and writes the network file weft-cni reads (atomically,
+    /// when it changes).
+    fn publish_for_cni(&mut self, cfg: &NetworkConfig, iface: &PublicIface, vx: &LinkInfo) -> Result<(), AgentError> {
+        self.ready.send_if_modified(|r| {
+            let now = Some((iface.public_ip, cfg.network));
+            let changed = *r != now;
+            *r = now;
+            changed
+        });
+        let path = &self.net.subnet_file;
+        let want = L2Env {
+            network: cfg.network,
+            mtu: vx.mtu,
+            bridge: crate::network::l2_bridge_name(self.vni),
+            socket: env::socket_path(path),
+        };
+        if self.written_env.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        let on_disk = std::fs::read_to_string(path).ok().and_then(|t| L2Env::parse(&t).ok());
+        if on_disk.as_ref() != Some(&want) {
+            crate::subnet_env::write_atomic(path, &want.render()).map_err(|source| AgentError::SubnetEnv {
+                path: path.clone(),
+                source,
+            })?;
+            info!(path = %path.display(), network = %want.network, mtu = want.mtu, "wrote the network file for weft-cni");
+        }
+        self.written_env = Some(want);
         Ok(())
     }
 

@@ -43,6 +43,7 @@ pub struct MetricsRegistry {
     endpoints: Family<Labels, Gauge>,
     endpoint_problems: Family<Labels, Gauge>,
     endpoint_events: Family<Labels, Counter>,
+    cni_requests: Family<Labels, Counter>,
 }
 
 impl Default for MetricsRegistry {
@@ -69,6 +70,7 @@ impl MetricsRegistry {
             endpoints: Family::default(),
             endpoint_problems: Family::default(),
             endpoint_events: Family::default(),
+            cni_requests: Family::default(),
         };
         r.register(
             "leases",
@@ -128,6 +130,11 @@ impl MetricsRegistry {
             "endpoint_events",
             "Endpoint events in an L2 network, by event (moved, duplicate_mac, frozen, thawed, rejected)",
             m.endpoint_events.clone(),
+        );
+        r.register(
+            "cni_requests",
+            "weft-cni requests answered by an L2 network's agent, by op (ADD, DEL, CHECK) and result (ok, refused, retry)",
+            m.cni_requests.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
@@ -247,6 +254,12 @@ impl Metrics {
         self.registry.endpoint_events.get_or_create(&l).inc();
     }
 
+    /// Counts one weft-cni request (`op` ADD, DEL, CHECK; `result` ok, refused, retry).
+    pub fn cni_request(&self, op: &str, result: &str) {
+        let l = self.labels("cni_requests", &[("op", op), ("result", result)]);
+        self.registry.cni_requests.get_or_create(&l).inc();
+    }
+
     /// Brings the dropped-VXLAN counter up to the kernel's count (which only grows, except
     /// when the table is recreated from scratch).
     pub fn set_vxlan_dropped(&self, kernel_count: u64) {
@@ -275,6 +288,7 @@ impl Metrics {
                 "endpoints" => r.endpoints.remove(&l),
                 "endpoint_problems" => r.endpoint_problems.remove(&l),
                 "endpoint_events" => r.endpoint_events.remove(&l),
+                "cni_requests" => r.cni_requests.remove(&l),
                 _ => r.reconciles.remove(&l),
             };
         }
@@ -326,6 +340,7 @@ mod tests {
         a.set_endpoints("remote", 2);
         a.set_endpoint_problems("frozen", 1);
         a.endpoint_event("moved");
+        a.cni_request("ADD", "ok");
         let text = r.encode();
         for want in [
             "weft_leases 3\n",
@@ -337,6 +352,7 @@ mod tests {
             "weft_endpoints{network=\"tenant-a\",place=\"remote\"} 2",
             "weft_endpoint_problems{network=\"tenant-a\",kind=\"frozen\"} 1",
             "weft_endpoint_events_total{network=\"tenant-a\",event=\"moved\"} 1",
+            "weft_cni_requests_total{network=\"tenant-a\",op=\"ADD\",result=\"ok\"} 1",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }

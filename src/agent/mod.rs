@@ -12,6 +12,7 @@ pub mod http;
 pub mod iface;
 pub mod isolation;
 mod l2;
+mod l2_socket;
 pub mod lease;
 pub mod metrics;
 mod nft_batcher;

@@ -2,7 +2,8 @@
 //!
 //! `add` registers a MAC and IP on a host (only if the MAC is not registered yet, or already on
 //! that host); `move` re-registers it on another host with `Seq + 1` (MAC mobility); `delete`
-//! removes it; `list` shows them. Every agent of the network follows within milliseconds.
+//! removes it (and releases its address if weft-cni or `weft lab endpoint` claimed it); `list`
+//! shows them. Every agent of the network follows within milliseconds.
 
 use super::StoreArgs;
 use crate::config::NetworkConfig;
@@ -68,6 +69,18 @@ pub async fn run(cmd: EndpointCommand) -> Result<()> {
             let ep = Endpoint { mac, ip, host, seq: 0 };
             ep.validate(cfg.network)?;
             let key = endpoint_key(&keys.prefix, mac);
+            let claim = crate::l2ipam::claim_key(&keys.prefix, ip);
+            if let Some(c) = s.get(&claim).await?.and_then(|e| crate::l2ipam::Claim::parse(&e.value)) {
+                if c.mac != mac {
+                    bail!(
+                        "{ip} is claimed by container {} ({}) on {} with MAC {}: pick another address",
+                        c.container,
+                        c.ifname,
+                        c.host,
+                        c.mac
+                    );
+                }
+            }
             match s.get(&key).await? {
                 Some(e) => {
                     let have: Endpoint = serde_json::from_str(&e.value)
@@ -114,10 +127,20 @@ pub async fn run(cmd: EndpointCommand) -> Result<()> {
         }
         EndpointCommand::Delete { network, mac, store } => {
             let (s, keys, _) = open_l2(&store, &network).await?;
-            if !s.delete(&endpoint_key(&keys.prefix, mac)).await? {
+            let key = endpoint_key(&keys.prefix, mac);
+            let had = s.get(&key).await?;
+            if !s.delete(&key).await? {
                 bail!("{mac} is not registered in {network}");
             }
             println!("removed {mac} from {network}");
+            // A weft-cni container's (or lab endpoint's) address is released with it.
+            if let Some(ep) = had.and_then(|e| serde_json::from_str::<Endpoint>(&e.value).ok()) {
+                let claim = crate::l2ipam::claim_key(&keys.prefix, ep.ip);
+                let ours = s.get(&claim).await?.and_then(|e| crate::l2ipam::Claim::parse(&e.value));
+                if ours.is_some_and(|c| c.mac == mac) && s.delete(&claim).await? {
+                    println!("released {} (claimed for {mac})", ep.ip);
+                }
+            }
             Ok(())
         }
         EndpointCommand::List { network, store } => {

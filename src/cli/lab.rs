@@ -78,6 +78,34 @@ pub enum LabCommand {
         #[arg(long, default_value = "weft")]
         name: String,
     },
+    /// L2 endpoints: namespaces NAME-eN plugged into a host's bridge of an L2 network, their
+    /// address claimed and the endpoint registered in the store (as weft-cni does for containers).
+    #[command(subcommand)]
+    Endpoint(LabEndpointCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LabEndpointCommand {
+    /// Make an endpoint on HOST in L2 network NETWORK (`weft net create NETWORK --mode l2 …`).
+    Add {
+        network: String,
+        /// The host whose bridge it is plugged into (h1, h2, …).
+        #[arg(long)]
+        host: String,
+        /// Its address (default: the lowest free one of the network).
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        #[arg(long, default_value = "weft")]
+        name: String,
+    },
+    /// Remove the endpoint with address IP from NETWORK: unregister it, delete its namespace.
+    Delete {
+        network: String,
+        #[arg(long)]
+        ip: std::net::Ipv4Addr,
+        #[arg(long, default_value = "weft")]
+        name: String,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +122,10 @@ impl LabCommand {
             | LabCommand::Remove { name, .. }
             | LabCommand::Status { name }
             | LabCommand::Check { name }
-            | LabCommand::Down { name } => name,
+            | LabCommand::Down { name }
+            | LabCommand::Endpoint(LabEndpointCommand::Add { name, .. } | LabEndpointCommand::Delete { name, .. }) => {
+                name
+            }
         }
     }
 }
@@ -210,6 +241,38 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
             }
             Ok(())
         }
+        LabCommand::Endpoint(LabEndpointCommand::Add {
+            network,
+            host,
+            ip,
+            name,
+        }) => {
+            let mut lab = Lab::open(&name)?;
+            let ep = lab
+                .add_endpoint(&network, &host, ip)
+                .await
+                .with_context(|| format!("lab {name}: adding an endpoint to {network} on {host}"))?;
+            println!(
+                "endpoint {} {} ({}) on {host}'s bridge, registered in {network}",
+                lab::topology::endpoint_ns(&name, ep.n),
+                ep.ip,
+                ep.mac,
+            );
+            Ok(())
+        }
+        LabCommand::Endpoint(LabEndpointCommand::Delete { network, ip, name }) => {
+            let mut lab = Lab::open(&name)?;
+            let ep = lab
+                .delete_endpoint(&network, ip)
+                .await
+                .with_context(|| format!("lab {name}: deleting endpoint {ip} of {network}"))?;
+            println!(
+                "endpoint {} {ip} removed from {network} and from {}",
+                lab::topology::endpoint_ns(&name, ep.n),
+                ep.host
+            );
+            Ok(())
+        }
         LabCommand::Down { name } => {
             let removed = lab::down(&name).with_context(|| format!("lab {name}: down"))?;
             println!("lab {name} down: {} namespaces removed", removed.len());
@@ -271,6 +334,16 @@ fn print_pods(lab: &Lab) {
     for h in lab.hosts().iter().filter(|h| !h.pods.is_empty()) {
         let pods: Vec<String> = h.pods.iter().map(|p| format!("{} {}", p.namespace, p.ip)).collect();
         println!("pods on {}: {}", h.plan.name, pods.join(", "));
+    }
+    for e in lab.endpoints() {
+        println!(
+            "endpoint {} {} ({}) on {} in {}",
+            lab::topology::endpoint_ns(lab.name(), e.n),
+            e.ip,
+            e.mac,
+            e.host,
+            e.network
+        );
     }
     if let Some(ip) = lab.outside_ip() {
         println!(

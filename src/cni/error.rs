@@ -16,6 +16,9 @@ pub mod code {
     pub const DECODE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// Plugin-specific (100 and up): the weft agent refused to register the container in an L2
+    /// network (its address or MAC is taken, the network is full, a CHECK found it changed).
+    pub const REFUSED: u32 = 100;
     /// Not in the spec's table; libcni uses it for a failure with no better code (`ErrInternal`).
     pub const INTERNAL: u32 = 999;
 }
@@ -55,6 +58,14 @@ pub enum CniError {
     #[error("{0}")]
     TryAgainLater(String),
 
+    /// The L2 network's agent refused the request.
+    #[error("weft agent of L2 network {network} refused {op}: {msg}")]
+    Refused {
+        network: String,
+        op: &'static str,
+        msg: String,
+    },
+
     /// The delegate answered with a CNI error: its code is passed through, its message wrapped.
     #[error("delegate plugin {plugin} failed: {msg}")]
     Delegate {
@@ -85,6 +96,7 @@ impl CniError {
             CniError::Decode { .. } => code::DECODE,
             CniError::InvalidConfig(_) => code::INVALID_CONFIG,
             CniError::TryAgainLater(_) => code::TRY_AGAIN_LATER,
+            CniError::Refused { .. } => code::REFUSED,
             CniError::Delegate { code, .. } => *code,
             CniError::DelegateRun { .. } => code::INTERNAL,
         }

@@ -5,14 +5,20 @@
 //! VERSION; the delegate config of every ADD is saved in dataDir so DEL works after `subnet.env`
 //! changed or vanished, and DEL is idempotent.
 //!
+//! With `"weftNetwork": "NAME"` it joins containers to a weft L2 network instead ([`l2`]): the
+//! network's bridge, an address claimed cluster-wide and the endpoint registered, both through
+//! the network's agent ([`agent_client`]).
+//!
 //! The protocol core ([`args`], [`netconf`], [`delegate`], [`plugin::plan`], the error mapping)
 //! is pure; [`files`] and [`exec`] are the thin I/O around it.
 
+pub mod agent_client;
 pub mod args;
 pub mod delegate;
 pub mod error;
 pub mod exec;
 pub mod files;
+pub mod l2;
 pub mod netconf;
 pub mod plugin;
 

@@ -25,6 +25,9 @@ pub struct NetConf {
     pub ipam: Map<String, Value>,
     pub runtime_config: Option<Value>,
     pub prev_result: Option<Value>,
+    /// `weftNetwork`: the weft L2 network the container joins (see `cni::l2`); without it the
+    /// plugin is flannel's (the default network, or the L3 network whose `subnetFile` it reads).
+    pub weft_network: Option<String>,
 }
 
 /// The `cniVersion` of a config, if stdin holds one: the version error replies should speak.
@@ -64,6 +67,7 @@ impl NetConf {
             ipam: object(&obj, "ipam")?,
             runtime_config: obj.get("runtimeConfig").cloned(),
             prev_result: obj.get("prevResult").cloned(),
+            weft_network: weft_network(&obj)?,
         })
     }
 }
@@ -99,6 +103,15 @@ fn object(obj: &Map<String, Value>, key: &str) -> Result<Map<String, Value>, Cni
     }
 }
 
+/// `weftNetwork`, a weft network name (`weft net create NAME`).
+fn weft_network(obj: &Map<String, Value>) -> Result<Option<String>, CniError> {
+    let Some(name) = string(obj, "weftNetwork")? else {
+        return Ok(None);
+    };
+    crate::network::validate_name(&name).map_err(|e| CniError::InvalidConfig(format!("weftNetwork: {e}")))?;
+    Ok(Some(name))
+}
+
 /// The spec's rule for network names: letters, digits, `_`, `.`, `-`.
 fn validate_name(name: &str) -> Result<(), CniError> {
     if !name.is_empty()
@@ -125,6 +138,9 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/cni/weft"));
         assert!(c.delegate.is_empty() && c.ipam.is_empty());
         assert_eq!(c.prev_result, None);
+        assert_eq!(c.weft_network, None);
+        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"l2","weftNetwork":"tenant-l2"}"#).unwrap();
+        assert_eq!(c.weft_network.as_deref(), Some("tenant-l2"));
     }
 
     #[test]
@@ -155,6 +171,9 @@ mod tests {
             (br#"{"cniVersion":"1.0.0","name":"n","delegate":[]}"#, 7),
             (br#"{"cniVersion":"1.0.0","name":"n","subnetFile":"rel/s.env"}"#, 7),
             (br#"{"cniVersion":1,"name":"n"}"#, 7),
+            (br#"{"cniVersion":"1.0.0","name":"n","weftNetwork":"Bad/Name"}"#, 7),
+            (br#"{"cniVersion":"1.0.0","name":"n","weftNetwork":"default"}"#, 7),
+            (br#"{"cniVersion":"1.0.0","name":"n","weftNetwork":3}"#, 7),
         ] {
             let err = NetConf::parse(input).unwrap_err();
             assert_eq!(err.code(), code, "{}: {err}", String::from_utf8_lossy(input));

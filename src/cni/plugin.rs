@@ -4,7 +4,7 @@
 use super::args::{CniArgs, Command, Env};
 use super::error::CniError;
 use super::netconf::NetConf;
-use super::{delegate, exec, files};
+use super::{delegate, exec, files, l2};
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +23,10 @@ pub fn plan(env: &Env, stdin: &[u8]) -> Result<Plan, CniError> {
     }
     let args = CniArgs::from_env(command, env)?;
     let conf = NetConf::parse(stdin)?;
-    delegate::validate(&conf)?;
+    match conf.weft_network {
+        Some(_) => l2::validate(&conf)?,
+        None => drop(delegate::validate(&conf)?),
+    }
     // CHECK arrived with spec 0.4.0; an older config cannot ask for it.
     if command == Command::Check && conf.cni_version.starts_with("0.3.") {
         return Err(CniError::CheckNeedsNewerVersion(conf.cni_version));
@@ -39,6 +42,14 @@ pub fn execute(plan: &Plan, env: &Env) -> Result<String, CniError> {
     let Plan::Call { args, conf } = plan else {
         return Ok(super::version_json());
     };
+    if let Some(network) = &conf.weft_network {
+        return match args.command {
+            Command::Add => l2::add(args, conf, network, env),
+            Command::Del => l2::del(args, conf, network, env),
+            Command::Check => l2::check(args, conf, network, env),
+            Command::Version => Ok(super::version_json()),
+        };
+    }
     match args.command {
         Command::Add => add(args, conf, env),
         Command::Del => del(args, conf, env),
@@ -92,7 +103,8 @@ fn check(args: &CniArgs, conf: &NetConf, env: &Env) -> Result<String, CniError> 
     Ok(String::new())
 }
 
-fn call(args: &CniArgs, conf: &NetConf, config: Value, env: &Env) -> Result<String, CniError> {
+/// Runs the delegate named by `config` for this call.
+pub(super) fn call(args: &CniArgs, conf: &NetConf, config: Value, env: &Env) -> Result<String, CniError> {
     let plugin = config
         .get("type")
         .and_then(Value::as_str)

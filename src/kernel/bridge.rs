@@ -196,12 +196,11 @@ impl Kernel {
                     }
                     _ => {}
                 }
-            } else if m.header.flags.contains(NeighbourFlags::Controller)
-                && state & NUD_NOARP != 0
-                && mac.is_valid_unicast()
-            {
+            } else if state & NUD_NOARP != 0 && mac.is_valid_unicast() {
                 // A static entry on the tunnel port: the bridge's own ("permanent", the port's
-                // MAC) has NUD_PERMANENT and is left out.
+                // MAC) has NUD_PERMANENT and is left out. (The bridge's dump does not set
+                // NTF_MASTER, the flag such entries are added and deleted with: it names the
+                // bridge in NDA_MASTER. Entries without NTF_SELF are the bridge's.)
                 if !super::is_permanent(m.header.state) {
                     o.bridge_fdbs.insert(mac);
                 }

@@ -324,6 +324,7 @@ impl Lab {
             outside: None,
             hosts: plans.iter().map(|p| HostState::new(p.clone(), ip_masq)).collect(),
             etcd: members,
+            endpoints: Vec::new(),
         };
         for p in &plans {
             let d = state::host_dir(&dir, &p.name);
@@ -715,10 +716,20 @@ impl Lab {
         Ok(added)
     }
 
-    /// Takes a host away: its agent stopped, its lease deleted from the store (so the other
-    /// agents drop their entries for it), its namespace deleted.
+    /// Takes a host away: its L2 endpoints deleted, its agent stopped, its lease deleted from the
+    /// store (so the other agents drop their entries for it), its namespace deleted.
     pub async fn remove_host(&mut self, host: &str) -> Result<()> {
         let plan = self.host(host)?.clone();
+        // Its L2 endpoints go with it (unregistered, addresses released, namespaces deleted).
+        let endpoints: Vec<(String, Ipv4Addr)> = self
+            .endpoints()
+            .iter()
+            .filter(|e| e.host == host)
+            .map(|e| (e.network.clone(), e.ip))
+            .collect();
+        for (network, ip) in endpoints {
+            self.delete_endpoint(&network, ip).await?;
+        }
         self.kill_agent(host, Signal::SIGTERM)?;
         if let Some(lease) = self.leases().await?.get(host) {
             let key = lease_key(&self.state.prefix, lease.subnet);

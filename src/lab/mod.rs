@@ -17,13 +17,15 @@
 //! - [`faults`]: seeded fault plans, the faults themselves and the invariants checked after them.
 //! - [`pods`]: pod namespaces wired by the `weft-cni` plugin, run inside their host's namespace.
 //! - [`endpoints`]: L2 endpoints, namespaces `NAME-eN` with a veth on a host's bridge, and
-//!   their moves from one host to another.
+//!   their moves from one host to another; `weft lab endpoint add|delete` makes and removes them
+//!   with their address claimed and registered (`cluster_endpoints`).
 //! - [`cluster`]: [`Lab`], the API the CLI and the integration tests use, and [`LabGuard`]
 //!   (its pod half in `cluster_pods`).
 
 pub mod agent;
 pub mod check;
 pub mod cluster;
+mod cluster_endpoints;
 mod cluster_pods;
 pub mod endpoints;
 pub mod etcd;

@@ -53,6 +53,22 @@ pub struct LabState {
     /// etcd members in the router namespace; empty when the store is the SQLite file.
     #[serde(default)]
     pub etcd: Vec<super::etcd::EtcdMember>,
+    /// L2 endpoints made by `weft lab endpoint add` (namespaces `NAME-eN`).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointState>,
+}
+
+/// One endpoint made by `weft lab endpoint add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointState {
+    /// `N` of its namespace `NAME-eN`.
+    pub n: u32,
+    /// The L2 network it is registered in.
+    pub network: String,
+    /// The host whose bridge it is plugged into.
+    pub host: String,
+    pub mac: crate::mac::Mac,
+    pub ip: Ipv4Addr,
 }
 
 fn one() -> u32 {
@@ -181,6 +197,13 @@ mod tests {
                 HostState::new(host_plan("weft", 2).unwrap(), false),
             ],
             etcd: Vec::new(),
+            endpoints: vec![EndpointState {
+                n: 1,
+                network: "l2".into(),
+                host: "h1".into(),
+                mac: "02:00:00:00:00:01".parse().unwrap(),
+                ip: Ipv4Addr::new(10, 70, 0, 1),
+            }],
         };
         state.save(dir.path()).unwrap();
         let back = LabState::load(dir.path()).unwrap();

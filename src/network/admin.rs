@@ -199,7 +199,8 @@ pub async fn delete(store: &dyn Store, prefix: &str, name: &str) -> Result<Delet
             done.leases += 1;
         }
     }
-    // An L2 network's endpoints (counted with the leases: both are per-host registrations).
+    // An L2 network's endpoints (counted with the leases: both are per-host registrations),
+    // then its address claims.
     for e in store
         .list(&crate::endpoint::endpoints_prefix(&keys.prefix))
         .await?
@@ -208,6 +209,9 @@ pub async fn delete(store: &dyn Store, prefix: &str, name: &str) -> Result<Delet
         if store.delete(&e.key).await? {
             done.leases += 1;
         }
+    }
+    for e in store.list(&crate::l2ipam::ips_prefix(&keys.prefix)).await?.entries {
+        store.delete(&e.key).await?;
     }
     let claims = vnis_prefix(prefix);
     for e in store.list(&claims).await?.entries {
@@ -368,6 +372,10 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // An L2 network's address claim goes too (`list(…/networks/a/)` below sees every key).
+        s.create(&format!("{P}/networks/a/ips/10.50.0.1"), "{}", CLAIM_TTL)
+            .await
+            .unwrap();
         let nets = list(&s, P).await.unwrap();
         let counts: Vec<_> = nets.iter().map(|n| (n.name.as_str(), n.vni(), n.leases)).collect();
         assert_eq!(counts, [("a", Some(100), 2), ("b", Some(101), 0)]);

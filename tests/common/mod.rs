@@ -1,6 +1,7 @@
 //! Helpers shared by the lab-based integration tests.
 #![allow(dead_code)]
 
+pub mod cni;
 pub mod etcd;
 pub mod kernel;
 
@@ -47,4 +48,37 @@ pub fn assert_gone(name: &str) {
     );
     let dir = weft::lab::state::lab_dir(name);
     assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// Runs `weft ARGS --store <the lab's store>` and returns its stdout (panics if it fails).
+pub fn weft_ok(lab: &weft::lab::Lab, args: &[&str]) -> String {
+    let out = std::process::Command::new(weft_bin())
+        .args(args)
+        .args(["--store", lab.store_url()])
+        .output()
+        .expect("running weft");
+    assert!(
+        out.status.success(),
+        "weft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `weft net create NAME --vni VNI --cidr CIDR --mode l2` in the lab's store.
+pub fn create_l2_network(lab: &weft::lab::Lab, name: &str, vni: u32, cidr: &str) {
+    weft_ok(
+        lab,
+        &[
+            "net",
+            "create",
+            name,
+            "--vni",
+            &vni.to_string(),
+            "--cidr",
+            cidr,
+            "--mode",
+            "l2",
+        ],
+    );
 }
