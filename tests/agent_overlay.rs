@@ -58,7 +58,11 @@ async fn three_hosts_reach_each_other_with_flannels_entries() {
         for (peer, l) in leases.iter().filter(|(h, _)| **h != host) {
             let gw = l.subnet.network();
             assert!(
-                r.contains(&format!("{} via {gw} proto 87 onlink", l.subnet)),
+                r.contains(&format!(
+                    "{} via {gw} proto 87 metric {} onlink",
+                    l.subnet,
+                    weft::planner::state::route_metric(l.subnet)
+                )),
                 "{host}→{peer}: {r:?}"
             );
             assert!(

@@ -148,6 +148,25 @@ async fn hostile_leases_change_nothing_and_are_refused_once_by_reason() {
         std::thread::sleep(Duration::from_millis(500));
         report = lab.check().await.unwrap();
     }
+    if !report.ok() {
+        for h in &hosts {
+            eprintln!(
+                "=== {h}\n{}\n{}\n{}",
+                sh(&lab, h, &["nft", "list", "ruleset"]),
+                sh(&lab, h, &["ip", "route"]),
+                sh(&lab, h, &["ip", "neigh"])
+            );
+            eprintln!(
+                "{}",
+                std::fs::read_to_string(lab.agent_log(h))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("nft"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
     assert!(report.ok(), "{report}");
 
     // Taking the hostile entries away changes nothing either, and logs nothing new.

@@ -171,6 +171,10 @@ fn route_message(r: &RouteEntry, scope: RouteScope, table: u32) -> RouteMessage 
     if r.onlink {
         b = b.onlink();
     }
+    // Metric 0 sends no attribute: in a delete, that matches any metric (the lowest first).
+    if r.metric != 0 {
+        b = b.priority(r.metric);
+    }
     b.build()
 }
 
@@ -234,6 +238,7 @@ pub(super) fn parse_any_unicast(m: &RouteMessage) -> Option<(u32, RouteEntry)> {
         oif,
         onlink: h.flags.contains(RouteFlags::Onlink),
         protocol: u8::from(h.protocol),
+        metric: priority(m),
     };
     Some((table_of(m), entry))
 }
@@ -248,6 +253,10 @@ impl fmt::Display for Show<'_> {
         if r.onlink {
             write!(f, " onlink")?;
         }
-        write!(f, " proto {}", r.protocol)
+        write!(f, " proto {}", r.protocol)?;
+        if r.metric != 0 {
+            write!(f, " metric {}", r.metric)?;
+        }
+        Ok(())
     }
 }

@@ -264,6 +264,7 @@ fn routes() {
             oif: vx,
             onlink: true,
             protocol: ROUTE_PROTO_WEFT,
+            metric: 0,
         };
         k.ensure_route(&r).await.unwrap();
         k.ensure_route(&r).await.unwrap();
@@ -279,6 +280,7 @@ fn routes() {
             oif: vx,
             onlink: false,
             protocol: 3,
+            metric: 0,
         };
         assert_eq!(k.routes(vx).await.unwrap(), vec![r, other]);
         assert!(!k.routes(va).await.unwrap().iter().any(|x| x.oif != va));
@@ -295,6 +297,20 @@ fn routes() {
         k.remove_route(&r2).await.unwrap();
         k.remove_route(&r2).await.unwrap();
         k.remove_route(&other).await.unwrap();
+        assert_eq!(k.routes(vx).await.unwrap(), vec![]);
+
+        // Metrics tell routes to one destination apart: ours (metric 7) goes beside an older
+        // metric-0 one instead of replacing it, and removing the metric-0 one (a delete without
+        // a metric matches the lowest first) leaves ours, as `Observed::apply` assumes.
+        let old = r;
+        let ours = RouteEntry { metric: 7, ..r };
+        k.ensure_route(&old).await.unwrap();
+        k.ensure_route(&ours).await.unwrap();
+        assert_eq!(k.routes(vx).await.unwrap(), vec![old, ours]);
+        assert!(ip(&name, "route show dev weft.1").contains("10.0.2.0/24 via 10.0.2.0 proto 87 metric 7 onlink"));
+        k.remove_route(&old).await.unwrap();
+        assert_eq!(k.routes(vx).await.unwrap(), vec![ours]);
+        k.remove_route(&ours).await.unwrap();
         assert_eq!(k.routes(vx).await.unwrap(), vec![]);
 
         let bad = RouteEntry {
@@ -328,6 +344,7 @@ fn a_named_networks_table_rules_and_unreachable_route() {
             oif: vx,
             onlink: true,
             protocol: ROUTE_PROTO_WEFT,
+            metric: 0,
         };
         t.ensure_route(&r).await.unwrap();
         // The table's routes are its handle's only.
@@ -485,6 +502,7 @@ fn underlay_and_vxlan_down() {
             oif: vx,
             onlink: true,
             protocol: ROUTE_PROTO_WEFT,
+            metric: 0,
         };
         let n = NeighEntry {
             ip: r.gateway,
@@ -574,6 +592,7 @@ fn monitor_events() {
             oif: va,
             onlink: false,
             protocol: 3, // boot, `ip route add`'s default
+            metric: 0,
         };
         let route_event = |deleted| KernelEvent::Route {
             oif: Some(va),
@@ -646,6 +665,7 @@ fn ten_thousand_peers() {
                 oif: vx,
                 onlink: true,
                 protocol: ROUTE_PROTO_WEFT,
+                metric: 0,
             };
             k.ensure_neigh(vx, &NeighEntry { ip: gw, mac: m }).await.unwrap();
             k.ensure_fdb(

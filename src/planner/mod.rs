@@ -13,7 +13,7 @@ mod tests;
 
 use ipnet::Ipv4Net;
 use peers::Peer;
-use state::{FdbEntry, NeighEntry, Observed, RouteEntry, ROUTE_PROTO_WEFT};
+use state::{route_metric, FdbEntry, NeighEntry, Observed, RouteEntry, ROUTE_PROTO_WEFT};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -50,11 +50,12 @@ impl fmt::Display for Op {
             Op::RemoveRoute(r) | Op::EnsureRoute(r) => {
                 write!(
                     f,
-                    "route {} via {}{} proto {}",
+                    "route {} via {}{} proto {} metric {}",
                     r.dst,
                     r.gateway,
                     if r.onlink { " onlink" } else { "" },
-                    r.protocol
+                    r.protocol,
+                    r.metric
                 )
             }
         }
@@ -114,6 +115,7 @@ pub fn peer_entries(peer: &Peer, devices: Devices) -> PeerEntries {
                 oif: d.oif,
                 onlink: false,
                 protocol: ROUTE_PROTO_WEFT,
+                metric: route_metric(peer.subnet),
             },
         };
     }
@@ -132,6 +134,7 @@ pub fn peer_entries(peer: &Peer, devices: Devices) -> PeerEntries {
             oif: devices.vxlan,
             onlink: true,
             protocol: ROUTE_PROTO_WEFT,
+            metric: route_metric(peer.subnet),
         },
     }
 }
@@ -202,10 +205,12 @@ fn diff<'a>(
             .filter(|f| want.fdb.get(&f.mac) != Some(*f))
             .map(|f| Op::RemoveFdb(*f)),
     );
+    let (gone, displaced): (Vec<&RouteEntry>, Vec<&RouteEntry>) =
+        have_route.partition(|r| !want.route.contains_key(&r.dst));
     ops.extend(
-        have_route
-            .filter(|r| r.protocol == ROUTE_PROTO_WEFT && !want.route.contains_key(&r.dst))
-            .map(|r| Op::RemoveRoute(*r)),
+        gone.iter()
+            .filter(|r| r.protocol == ROUTE_PROTO_WEFT)
+            .map(|r| Op::RemoveRoute(**r)),
     );
     ops.extend(
         want.neigh
@@ -224,6 +229,15 @@ fn diff<'a>(
             .values()
             .filter(|r| !observed.routes.contains(r))
             .map(|r| Op::EnsureRoute(*r)),
+    );
+    // A route to a wanted destination with another metric (flannel's, or an older weft's:
+    // metric 0) is not displaced by ours and would win over it: removed, but only after ours is
+    // in place, so traffic to the peer never lacks a route.
+    ops.extend(
+        displaced
+            .iter()
+            .filter(|r| want.route.get(&r.dst).is_some_and(|w| w.metric != r.metric))
+            .map(|r| Op::RemoveRoute(**r)),
     );
     ops
 }

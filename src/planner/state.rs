@@ -24,7 +24,7 @@ pub struct FdbEntry {
     pub dst: Ipv4Addr,
 }
 
-/// An IPv4 route in the main table: `<dst> via <gateway> dev <oif> [onlink] proto <protocol>`.
+/// An IPv4 route: `<dst> via <gateway> dev <oif> [onlink] proto <protocol> metric <metric>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteEntry {
     pub dst: Ipv4Net,
@@ -33,6 +33,24 @@ pub struct RouteEntry {
     pub oif: u32,
     pub onlink: bool,
     pub protocol: u8,
+    /// The kernel's route priority. With the destination (and TOS, always 0 here) it is what
+    /// tells two routes apart: a `replace` displaces only the route with the same metric.
+    pub metric: u32,
+}
+
+/// The metric weft gives its route to `dst`: the subnet's number (the address bits above the
+/// prefix length, the low 16 of them), e.g. 0xf405 = 62469 for 10.244.5.0/24.
+///
+/// Why not 0, as flannel does: the kernel keeps one `fib_info` per distinct route attribute set
+/// in a hash whose key is the device, protocol, scope and metric but not the gateway, so all of
+/// a VXLAN device's routes with one metric share one bucket and adding the n-th costs a walk of
+/// the n-1 before it. 10,000 peers took 2.2 s of kernel time; with distinct metrics, 0.3 s.
+/// The metric does not change forwarding: each destination has exactly one route of weft's.
+pub fn route_metric(dst: Ipv4Net) -> u32 {
+    match dst.prefix_len() {
+        0 => 0,
+        len => (u32::from(dst.addr()) >> (32 - u32::from(len))) & 0xffff,
+    }
 }
 
 /// What the observer read from the kernel for weft's devices, kept sorted so that the planner
@@ -94,17 +112,24 @@ impl Observed {
                 self.fdbs.insert(f);
             }
             Op::RemoveRoute(r) => {
-                let gone: Vec<RouteEntry> = self
+                // The kernel deletes the first route (lowest metric) that matches; metric 0 in
+                // a delete matches any metric.
+                let gone = self
                     .routes_to(r.dst)
                     .filter(|x| x.oif == r.oif && x.protocol == r.protocol)
-                    .copied()
-                    .collect();
-                for g in gone {
+                    .filter(|x| r.metric == 0 || x.metric == r.metric)
+                    .min_by_key(|x| x.metric)
+                    .copied();
+                if let Some(g) = gone {
                     self.routes.remove(&g);
                 }
             }
             Op::EnsureRoute(r) => {
-                let old: Vec<RouteEntry> = self.routes_to(r.dst).copied().collect();
+                let old: Vec<RouteEntry> = self
+                    .routes_to(r.dst)
+                    .filter(|x| x.metric == r.metric)
+                    .copied()
+                    .collect();
                 for o in old {
                     self.routes.remove(&o);
                 }
@@ -166,7 +191,7 @@ impl Observed {
         )
     }
 
-    /// Every route to `dst`, whatever its gateway, device or protocol.
+    /// Every route to `dst`, whatever its gateway, device, protocol or metric.
     pub fn routes_to(&self, dst: Ipv4Net) -> impl Iterator<Item = &RouteEntry> {
         let lo = RouteEntry {
             dst,
@@ -174,6 +199,7 @@ impl Observed {
             oif: 0,
             onlink: false,
             protocol: 0,
+            metric: 0,
         };
         let hi = RouteEntry {
             dst,
@@ -181,6 +207,7 @@ impl Observed {
             oif: u32::MAX,
             onlink: true,
             protocol: u8::MAX,
+            metric: u32::MAX,
         };
         self.routes.range(lo..=hi)
     }

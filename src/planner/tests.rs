@@ -57,7 +57,10 @@ fn fresh_host_gets_three_entries_per_peer_in_order() {
     let ops = plan(net(), Devices::vxlan_only(DEV), &peers, &Observed::default());
     let kinds: Vec<_> = ops.iter().map(|o| o.labels()).collect();
     assert_eq!(kinds, [("neigh", "ensure"), ("fdb", "ensure"), ("route", "ensure")]);
-    assert_eq!(ops[2].to_string(), "route 10.0.48.0/24 via 10.0.48.0 onlink proto 87");
+    assert_eq!(
+        ops[2].to_string(),
+        "route 10.0.48.0/24 via 10.0.48.0 onlink proto 87 metric 48"
+    );
     assert_eq!(
         ops[1].to_string(),
         "fdb 02:00:00:00:00:01 dst 198.51.100.10 self permanent"
@@ -119,14 +122,17 @@ fn foreign_entries_are_left_alone_but_flannel_routes_are_taken_over() {
         oif: DEV,
         onlink: true,
         protocol: 3, // boot: flannel's, or an operator's
+        metric: 0,
     };
     let other_dev_route = RouteEntry {
         oif: OTHER_DEV,
         protocol: ROUTE_PROTO_WEFT,
         ..foreign_route
     };
+    // flannel's route to the peer: protocol boot, metric 0.
     let flannel_route = RouteEntry {
         protocol: 3,
+        metric: 0,
         ..peer_entries(&peers[0], Devices::vxlan_only(DEV)).route
     };
     let foreign_neigh = NeighEntry {
@@ -144,6 +150,11 @@ fn foreign_entries_are_left_alone_but_flannel_routes_are_taken_over() {
         .routes
         .contains(&peer_entries(&peers[0], Devices::vxlan_only(DEV)).route));
     assert!(!after.routes.contains(&flannel_route));
+    // Ours is in place before flannel's goes: the peer is never without a route.
+    let ours = peer_entries(&peers[0], Devices::vxlan_only(DEV)).route;
+    let added = ops.iter().position(|o| *o == Op::EnsureRoute(ours));
+    let removed = ops.iter().position(|o| *o == Op::RemoveRoute(flannel_route));
+    assert!(added.is_some() && removed.is_some() && added < removed, "{ops:?}");
 }
 
 fn entry(key: &str, value: &str, rev: i64) -> Entry {
@@ -237,13 +248,19 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
         1u8..60,
         prop_oneof![Just(ROUTE_PROTO_WEFT), Just(3u8), Just(4u8)],
         prop_oneof![Just(DEV), Just(OTHER_DEV)],
+        any::<bool>(),
     )
-        .prop_map(|(t, protocol, oif)| RouteEntry {
-            dst: format!("10.0.{t}.0/24").parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 0, t, 0),
-            oif,
-            onlink: true,
-            protocol,
+        .prop_map(|(t, protocol, oif, ours)| {
+            let dst: Ipv4Net = format!("10.0.{t}.0/24").parse().unwrap();
+            RouteEntry {
+                dst,
+                gateway: Ipv4Addr::new(10, 0, t, 0),
+                oif,
+                onlink: true,
+                protocol,
+                // weft's metric, or flannel's (and older weft's) 0.
+                metric: if ours { route_metric(dst) } else { 0 },
+            }
         });
     (
         proptest::collection::vec(neigh, 0..10),
@@ -324,6 +341,7 @@ fn direct_routing_uses_a_plain_route_for_peers_on_the_same_link() {
         oif: OTHER_DEV,
         onlink: false,
         protocol: ROUTE_PROTO_WEFT,
+        metric: route_metric(near.subnet),
     };
     assert!(ops.contains(&Op::EnsureRoute(near_route)));
     assert!(
@@ -463,6 +481,7 @@ fn foreign_entries_the_view_does_not_hold_are_noticed_and_kernel_churn_is_not() 
         oif: DEV,
         onlink: true,
         protocol: 4,
+        metric: 0,
     };
     assert!(!view.agrees_with(
         &Change::Route {
