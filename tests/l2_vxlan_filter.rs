@@ -20,7 +20,7 @@ use common::{cleanup, create_l2_network, have_root, lab_name, weft_bin, weft_ok}
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 use weft::lab::endpoints::LabEndpoint;
-use weft::lab::{Lab, LabOptions, Pinger};
+use weft::lab::{Lab, LabGuard, LabOptions, Pinger};
 
 const NET: &str = "l2f";
 const VNI: u32 = 310;
@@ -109,34 +109,52 @@ fn has_table(lab: &Lab, host: &str) -> bool {
     sh(lab, host, &["nft", "list", "tables"]).contains(TABLE)
 }
 
+/// A lab of `hosts` hosts whose agents run with `args`, with the L2 network created and its
+/// device, bridge and table on every host.
+async fn lab_with_network(hosts: u32, args: &[&str]) -> LabGuard {
+    let mut opts = LabOptions::new(&lab_name(), hosts)
+        .weft_bin(weft_bin())
+        .wait(Some(Duration::from_secs(30)));
+    for a in args {
+        opts = opts.agent_arg(*a);
+    }
+    let lab = Lab::up(opts).await.expect("lab up");
+    create_l2_network(&lab, NET, VNI, "10.71.0.0/16");
+    for h in lab.host_names() {
+        let up = wait_for(Duration::from_secs(15), || {
+            has_table(&lab, &h) && sh(&lab, &h, &["ip", "-d", "link", "show", DEVICE]).contains(BRIDGE)
+        });
+        assert!(up, "{h}: no {DEVICE} on {BRIDGE} or no table {TABLE}");
+    }
+    lab
+}
+
+/// Endpoint `e` plugged into `host`'s bridge and registered there.
+fn place(lab: &Lab, e: &LabEndpoint, host: &str) {
+    e.attach(lab, host, BRIDGE).unwrap();
+    register(lab, NET, e, host);
+}
+
+/// `BURST` crafted datagrams of the network's VNI, inner frame to `to` from CRAFTED_SRC.
+fn burst(to: &LabEndpoint) -> Vec<Vec<u8>> {
+    (0..BURST as u16)
+        .map(|seq| vxlan_echo(VNI, CRAFTED_MAC, to.mac.0, CRAFTED_SRC, to.ip, seq))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l2_vxlan_only_from_hosts_with_endpoints() {
     if !have_root("l2_vxlan_only_from_hosts_with_endpoints") {
         return;
     }
-    let name = lab_name();
-    let opts = LabOptions::new(&name, 3)
-        .weft_bin(weft_bin())
-        .agent_arg("--resync-interval")
-        .agent_arg("1s")
-        .wait(Some(Duration::from_secs(30)));
-    let mut lab = Lab::up(opts).await.expect("lab up");
-    create_l2_network(&lab, NET, VNI, "10.71.0.0/16");
-    for h in ["h1", "h2", "h3"] {
-        let up = wait_for(Duration::from_secs(15), || {
-            has_table(&lab, h) && sh(&lab, h, &["ip", "-d", "link", "show", DEVICE]).contains(BRIDGE)
-        });
-        assert!(up, "{h}: no {DEVICE} on {BRIDGE} or no table {TABLE}");
-    }
+    let mut lab = lab_with_network(3, &["--resync-interval", "1s"]).await;
     // No endpoints anywhere: no peers, every datagram of the VNI dropped.
     assert_eq!(peers(&lab, "h1"), Vec::<Ipv4Addr>::new());
 
     // (a) e1 on h1, e2 on h2; h3 has none.
     let (e1, e2, e3) = (ep(1), ep(2), ep(3));
-    for (e, h) in [(&e1, "h1"), (&e2, "h2")] {
-        e.attach(&lab, h, BRIDGE).unwrap();
-        register(&lab, NET, e, h);
-    }
+    place(&lab, &e1, "h1");
+    place(&lab, &e2, "h2");
     let both = || ping(&lab, &e1, e2.ip) && ping(&lab, &e2, e1.ip);
     assert!(wait_for(Duration::from_secs(20), both), "e1 <-> e2 do not ping");
     let sets_are = |lab: &Lab, expected: &[(&str, &[&str])]| {
@@ -155,11 +173,6 @@ async fn l2_vxlan_only_from_hosts_with_endpoints() {
 
     let target = SocketAddrV4::new(ip_of(&lab, "h1"), VXLAN_PORT);
     watch_crafted(&lab, &e1);
-    let burst = || -> Vec<Vec<u8>> {
-        (0..BURST as u16)
-            .map(|seq| vxlan_echo(VNI, CRAFTED_MAC, e1.mac.0, CRAFTED_SRC, e1.ip, seq))
-            .collect()
-    };
 
     // (b) From the router (no weft host at all), while e2 pings e1 through h1's filter.
     let pinger = Pinger::start(
@@ -171,9 +184,9 @@ async fn l2_vxlan_only_from_hosts_with_endpoints() {
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let router = weft::lab::topology::router_ns(&name);
+    let router = weft::lab::topology::router_ns(lab.name());
     let d0 = vxlan_dropped(&lab, "h1", TABLE);
-    send_from(&router, target, burst());
+    send_from(&router, target, burst(&e1));
     std::thread::sleep(Duration::from_millis(300));
     let d1 = vxlan_dropped(&lab, "h1", TABLE);
     assert!(d1 - d0 >= BURST, "nft counter of {TABLE} on h1: {d0} -> {d1}");
@@ -185,15 +198,14 @@ async fn l2_vxlan_only_from_hosts_with_endpoints() {
     assert!(ok, "metric {} < nft {d1}", metric_dropped(&lab, "h1"));
 
     // (c) From h3: a weft host, but no endpoint of the network, so no peer of it.
-    send_from(lab.namespace("h3").unwrap(), target, burst());
+    send_from(lab.namespace("h3").unwrap(), target, burst(&e1));
     std::thread::sleep(Duration::from_millis(300));
     let d2 = vxlan_dropped(&lab, "h1", TABLE);
     assert!(d2 - d1 >= BURST, "h3's datagrams were not all dropped: {d1} -> {d2}");
     assert_eq!(crafted_delivered(&lab, &e1), 0, "a non-peer's frames reached e1");
 
     // (d) h3 gets its first endpoint: it becomes a peer on h1 and h2, and is delivered.
-    e3.attach(&lab, "h3", BRIDGE).unwrap();
-    register(&lab, NET, &e3, "h3");
+    place(&lab, &e3, "h3");
     let ok = sets_are(
         &lab,
         &[("h1", &["h2", "h3"]), ("h2", &["h1", "h3"]), ("h3", &["h1", "h2"])],
@@ -208,7 +220,7 @@ async fn l2_vxlan_only_from_hosts_with_endpoints() {
     // (h3's gratuitous ARP for e3 may have raced h1's set update and been dropped: the
     // count starts again here. Every host is a peer now and the router is silent.)
     let d3 = vxlan_dropped(&lab, "h1", TABLE);
-    send_from(lab.namespace("h3").unwrap(), target, burst());
+    send_from(lab.namespace("h3").unwrap(), target, burst(&e1));
     std::thread::sleep(Duration::from_millis(300));
     let d4 = vxlan_dropped(&lab, "h1", TABLE);
     assert_eq!(d4, d3, "a peer's datagrams were dropped");
@@ -260,5 +272,33 @@ async fn l2_vxlan_only_from_hosts_with_endpoints() {
         stats.received,
         stats.sent
     );
+    lab.down().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_vxlan_filter_off_accepts_anyone() {
+    if !have_root("l2_vxlan_filter_off_accepts_anyone") {
+        return;
+    }
+    let lab = lab_with_network(2, &["--vxlan-peer-filter=false"]).await;
+    let (e1, e2) = (ep(1), ep(2));
+    place(&lab, &e1, "h1");
+    place(&lab, &e2, "h2");
+    assert!(wait_for(Duration::from_secs(20), || ping(&lab, &e2, e1.ip)), "e2 -> e1");
+    // The set is kept (for inspection) but nothing is dropped.
+    let ok = wait_for(Duration::from_secs(10), || peers(&lab, "h1") == want(&lab, &["h2"]));
+    assert!(ok, "h1's peers {:?}", peers(&lab, "h1"));
+    watch_crafted(&lab, &e1);
+    let target = SocketAddrV4::new(ip_of(&lab, "h1"), VXLAN_PORT);
+    send_from(&weft::lab::topology::router_ns(lab.name()), target, burst(&e1));
+    let ok = wait_for(Duration::from_secs(2), || crafted_delivered(&lab, &e1) == BURST);
+    assert!(
+        ok,
+        "with the filter off, {} of {BURST} reached e1",
+        crafted_delivered(&lab, &e1)
+    );
+    assert_eq!(vxlan_dropped(&lab, "h1", TABLE), 0);
+    let f = network_status(&lab, "h1", NET).and_then(|s| s.l2?.vxlan_filter);
+    assert!(f.as_ref().is_some_and(|f| !f.enabled && f.peers == 1), "{f:?}");
     lab.down().unwrap();
 }
