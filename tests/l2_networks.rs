@@ -14,6 +14,7 @@
 mod common;
 
 use common::kernel::{sh, wait_for};
+use common::l2::{metrics, ping};
 use common::{create_l2_network, have_root, lab_name, weft_bin};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -39,41 +40,11 @@ fn ok(out: std::process::Output) -> String {
 }
 
 fn ep(n: u32) -> LabEndpoint {
-    LabEndpoint {
-        n,
-        mac: Mac([0x02, 0, 0x0a, 0x46, 0, n as u8]),
-        ip: Ipv4Addr::new(10, 70, 0, 10 + n as u8),
-        prefix_len: 16,
-        mtu: 1400,
-    }
+    common::l2::endpoint(n, [10, 70])
 }
 
-/// The L2 network's status on `host`, from its agent.
 fn l2_status(lab: &Lab, host: &str) -> Option<Status> {
-    let ns = lab.namespace(host).ok()?.to_string();
-    let addr = "127.0.0.1:9102".parse().ok()?;
-    let (code, body) = weft::lab::probe::http_get(&ns, addr, "/status", Duration::from_secs(2)).ok()??;
-    if code != 200 {
-        return None;
-    }
-    let st: Status = serde_json::from_str(&body).ok()?;
-    st.networks.into_iter().find(|n| n.name.as_deref() == Some(NET))
-}
-
-fn metrics(lab: &Lab, host: &str) -> String {
-    let ns = lab.namespace(host).unwrap().to_string();
-    let addr = "127.0.0.1:9102".parse().unwrap();
-    weft::lab::probe::http_get(&ns, addr, "/metrics", Duration::from_secs(2))
-        .unwrap()
-        .unwrap()
-        .1
-}
-
-fn ping(lab: &Lab, from: &LabEndpoint, to: Ipv4Addr) -> bool {
-    let to = to.to_string();
-    from.exec(lab, &["ping", "-n", "-q", "-c", "1", "-W", "1", &to])
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    common::l2::network_status(lab, host, NET)
 }
 
 /// Inner ethertypes of the VXLAN frames with VNI `vni` in a pcap file.

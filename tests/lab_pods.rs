@@ -8,7 +8,7 @@
 mod common;
 
 use common::kernel::*;
-use common::{assert_gone, have_root, lab_name, weft_bin};
+use common::{assert_gone, cleanup, have_root, lab_name, weft_bin};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::Signal;
 use std::io::{Read, Write};
@@ -353,30 +353,6 @@ async fn cleanup_leaves_the_host_as_it_was_and_release_frees_the_lease() {
     lab.wait_converged(Duration::from_secs(20)).await.unwrap();
     assert!(nft_table(&lab, "h1").contains("masquerade"));
     assert_ne!(snapshot(&lab, "h1"), before[0]);
-
-    let bin = weft_bin().display().to_string();
-    let cleanup = |lab: &mut Lab, host: &str, release: bool| {
-        lab.kill_agent(host, Signal::SIGTERM).unwrap();
-        let subnet_file = lab.subnet_file(host).display().to_string();
-        let mut argv = vec![
-            bin.as_str(),
-            "agent",
-            "--cleanup",
-            "--store",
-            lab.store_url(),
-            "--iface",
-            "eth0",
-            "--subnet-file",
-            &subnet_file,
-        ];
-        if release {
-            argv.push("--release");
-        }
-        let out = lab.exec(host, &argv).unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{host}: cleanup failed: {text}");
-        text
-    };
 
     let h1_lease = lab.leases().await.unwrap()["h1"].subnet;
     let said = cleanup(&mut lab, "h1", false);

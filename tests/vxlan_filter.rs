@@ -7,11 +7,10 @@
 mod common;
 
 use common::kernel::*;
+use common::vxlan::{mac_bytes, nft_peers, send_from, vxlan_dropped, vxlan_echo};
 use common::{have_root, lab_name, weft_bin};
-use nix::sched::{setns, CloneFlags};
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
-use weft::lab::probe::checksum;
 use weft::lab::probe::Pinger;
 use weft::lab::{Lab, LabOptions};
 
@@ -19,74 +18,6 @@ const VXLAN_PORT: u16 = 8472;
 const VNI: u32 = 1;
 /// Packets injected per phase.
 const BURST: u64 = 20;
-
-/// A VXLAN payload: header (I flag, `vni`), inner Ethernet to `dst_mac`, IPv4 `src` → `dst`,
-/// ICMP echo request — what a peer's VTEP would send, and enough for the target to deliver it.
-fn vxlan_echo(vni: u32, src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> Vec<u8> {
-    let mut icmp = vec![8, 0, 0, 0, 0x77, 0x65, (seq >> 8) as u8, seq as u8];
-    icmp.extend_from_slice(b"weft vxlan filter test");
-    let c = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-
-    let total = (20 + icmp.len()) as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[4..6].copy_from_slice(&seq.to_be_bytes());
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-
-    let mut p = vec![0x08, 0, 0, 0];
-    p.extend_from_slice(&(vni << 8).to_be_bytes());
-    p.extend_from_slice(&dst_mac);
-    p.extend_from_slice(&src_mac);
-    p.extend_from_slice(&[0x08, 0x00]);
-    p.extend_from_slice(&ip);
-    p.extend_from_slice(&icmp);
-    p
-}
-
-/// Sends each packet once over UDP from namespace `ns` (on a thread of our own that enters it).
-fn send_from(ns: &str, to: SocketAddrV4, packets: Vec<Vec<u8>>) {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns handle");
-        setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
-        let s = UdpSocket::bind("0.0.0.0:0").expect("udp socket");
-        for p in packets {
-            s.send_to(&p, to).expect("send");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    })
-    .join()
-    .expect("sender thread");
-}
-
-fn mac_bytes(mac: &str) -> [u8; 6] {
-    let v: Vec<u8> = mac
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
-/// The nft drop counter in the host's namespace.
-fn nft_dropped(lab: &Lab, host: &str) -> u64 {
-    let out = sh(
-        lab,
-        host,
-        &["nft", "-j", "list", "counter", "ip", "weft", "vxlan_dropped"],
-    );
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|o| o["counter"]["packets"].as_u64())
-        .expect("counter packets")
-}
 
 /// `weft_vxlan_dropped_packets_total` from the host's agent.
 fn metric_dropped(lab: &Lab, host: &str) -> u64 {
@@ -109,8 +40,12 @@ fn rx_packets(lab: &Lab, host: &str) -> u64 {
         .unwrap()
 }
 
+fn nft_dropped(lab: &Lab, host: &str) -> u64 {
+    vxlan_dropped(lab, host, "weft")
+}
+
 fn peers_set(lab: &Lab, host: &str) -> String {
-    sh(lab, host, &["nft", "list", "set", "ip", "weft", "peers"])
+    nft_peers(lab, host, "weft")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,16 +12,24 @@
 //! An endpoint that arrives on this host (registered here, or moved here) gets a gratuitous
 //! ARP sent from its MAC on the bridge; an endpoint that leaves it has its bridge entry
 //! replaced by the remote one, so this host forwards to its new place at once.
+//!
+//! VXLAN of the network's VNI is accepted only from its peers — the other hosts with endpoints,
+//! the flood list — through the network's nft table `ip weft-NAME` (`--vxlan-peer-filter`; see
+//! `FirewallSpec::l2`), kept like an L3 network's by the shared [`FirewallKeeper`].
 
 use super::device;
+use super::firewall::FirewallKeeper;
 use super::http::Shared;
 use super::iface::{self, PublicIface};
 use super::l2_socket;
 use super::params::NetworkParams;
-use super::status::{self, DeviceStatus, IfaceStatus, L2Status, NetworkStatus, ReconcileStatus, Status, StoreStatus};
+use super::status::{
+    self, DeviceStatus, IfaceStatus, L2Status, NetworkStatus, ReconcileStatus, Status, StoreStatus, VxlanFilterStatus,
+};
 use super::{AgentError, AgentOptions};
 use crate::config::NetworkConfig;
 use crate::endpoint::{self, Endpoint};
+use crate::kernel::nft::FirewallSpec;
 use crate::kernel::{self, Kernel, KernelEvent, LinkInfo, VxlanSpec};
 use crate::l2ipam::env::{self, L2Env};
 use crate::mac::Mac;
@@ -79,6 +87,8 @@ pub(super) struct L2Agent {
     ready: watch::Sender<Option<(Ipv4Addr, Ipv4Net)>>,
     /// The network file for weft-cni as last written.
     written_env: Option<L2Env>,
+    /// The network's nft table: VXLAN of its VNI only from hosts with endpoints.
+    firewall: FirewallKeeper,
 }
 
 impl L2Agent {
@@ -117,6 +127,7 @@ impl L2Agent {
             logged_problems: BTreeSet::new(),
             ready: watch::channel(None).0,
             written_env: None,
+            firewall: FirewallKeeper::default(),
         }
     }
 
@@ -204,7 +215,10 @@ impl L2Agent {
                             continue;
                         }
                     }
-                    _ = resync.tick() => self.devices_due = true,
+                    _ = resync.tick() => {
+                        self.devices_due = true;
+                        self.firewall.check_at_next();
+                    }
                     _ = tokio::time::sleep_until(wake) => {}
                 }
                 self.step().await;
@@ -438,6 +452,24 @@ impl L2Agent {
             self.note(&ev);
         }
         let desired = self.tracker.desired(iface.public_ip);
+        let filter = FirewallSpec::l2(
+            &self.net.nft_table,
+            self.vni,
+            cfg.backend.port,
+            desired.flood.clone(),
+            self.opts.vxlan_peer_filter,
+        );
+        // A host that gains its first endpoint must be accepted before entries send traffic its
+        // way (and its answers come back); a host that lost its last one is filtered after its
+        // entries are gone. On this process's first pass the table may not exist yet, and then
+        // nothing is filtered: the entries go first.
+        let firewall_first = self
+            .firewall
+            .written()
+            .is_some_and(|w| !filter.peers.is_subset(&w.peers));
+        if firewall_first {
+            self.ensure_firewall(filter.clone()).await?;
+        }
         let observed = self.kernel.observe_l2(vx.index, br.index).await?;
         let ops = plan(&desired, &observed);
         let n = ops.len();
@@ -451,12 +483,20 @@ impl L2Agent {
             }
             res?;
         }
+        if !firewall_first {
+            self.ensure_firewall(filter).await?;
+        }
         self.publish_for_cni(&cfg, &iface, &vx)?;
         self.announce(&desired.local, br.index);
         self.shared.metrics.set_endpoints("local", desired.local.len());
         self.shared.metrics.set_endpoints("remote", desired.remote.len());
         self.shared.metrics.peers_programmed.set(desired.flood.len() as i64);
         Ok(Some(n))
+    }
+
+    /// The network's nft table as `spec` says, through the host's nft task.
+    async fn ensure_firewall(&mut self, spec: FirewallSpec) -> Result<(), AgentError> {
+        Ok(self.firewall.ensure(spec, &self.net.nft, &self.shared.metrics).await?)
     }
 
     async fn execute(&self, op: &L2Op, vx: u32, br: u32) -> Result<(), kernel::KernelError> {
@@ -648,6 +688,12 @@ impl L2Agent {
                 flood: desired.flood.iter().map(|h| h.to_string()).collect(),
                 problems,
                 rejected: self.rejected.values().cloned().collect(),
+                vxlan_filter: self.firewall.written().map(|f| VxlanFilterStatus {
+                    table: f.table.clone(),
+                    enabled: f.filter_vxlan,
+                    peers: f.peers.len(),
+                    dropped: self.firewall.dropped(),
+                }),
             }),
             last_reconcile: self.last_reconcile.clone(),
             converged_once: self.converged_once,

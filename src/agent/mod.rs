@@ -183,8 +183,7 @@ struct Agent {
     last_reconcile: Option<ReconcileStatus>,
     converged_once: bool,
     /// The nft table as last written, and whether a resync asked to check it.
-    firewall: Option<crate::kernel::nft::FirewallSpec>,
-    firewall_check_due: bool,
+    firewall: firewall::FirewallKeeper,
     offload_done_for: Option<u32>,
 }
 
@@ -241,8 +240,7 @@ impl Agent {
             programmed: 0,
             last_reconcile: None,
             converged_once: false,
-            firewall: None,
-            firewall_check_due: false,
+            firewall: firewall::FirewallKeeper::default(),
             offload_done_for: None,
         }
     }
@@ -346,7 +344,7 @@ impl Agent {
                         }
                     }
                     _ = resync.tick() => {
-                        self.firewall_check_due = true;
+                        self.firewall.check_at_next();
                         self.view = None;
                     }
                     _ = probe.tick() => {

@@ -129,7 +129,7 @@ impl Agent {
         // entries go first, so a joining host is reachable without waiting for `nft`.
         // A peer that only leaves is filtered after its entries are gone, for the same reason.
         let leaving = matches!(delta, Some(PeerDelta { after: None, .. }));
-        let firewall_first = self.firewall.is_some() && !leaving;
+        let firewall_first = self.firewall.written().is_some() && !leaving;
         if firewall_first {
             self.ensure_firewall(cfg, own.subnet, &set.peers).await?;
         }

@@ -58,6 +58,23 @@ pub struct L2Status {
     pub problems: Vec<crate::planner::endpoints::Problem>,
     /// Store entries under `endpoints/` that are not valid endpoints, with the reason.
     pub rejected: Vec<String>,
+    /// The network's nft table, once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_filter: Option<VxlanFilterStatus>,
+}
+
+/// An L2 network's nft table: VXLAN of its VNI accepted only from its peers (the other hosts
+/// with endpoints).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanFilterStatus {
+    /// `weft-NAME`.
+    pub table: String,
+    /// `--vxlan-peer-filter`: whether VXLAN from anything but a peer is dropped.
+    pub enabled: bool,
+    /// Hosts in the table's `peers` set.
+    pub peers: usize,
+    /// VXLAN datagrams dropped, as of the table's last full check (every resync).
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

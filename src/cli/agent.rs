@@ -59,7 +59,8 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_IP_MASQ")]
     pub ip_masq: bool,
 
-    /// Accept VXLAN only from current peers' public IPs (an nftables set that follows the leases).
+    /// Accept VXLAN only from current peers' public IPs (an nftables set that follows the leases;
+    /// in an L2 network, the hosts with endpoints).
     #[arg(long, env = "WEFT_VXLAN_PEER_FILTER", default_value_t = true, action = clap::ArgAction::Set)]
     pub vxlan_peer_filter: bool,
 

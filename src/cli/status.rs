@@ -233,6 +233,13 @@ fn render_l2(o: &mut String, l2: &status::L2Status) {
         l2.remote,
         l2.flood.join(", ")
     );
+    if let Some(f) = &l2.vxlan_filter {
+        let state = match f.enabled {
+            true => format!("VXLAN only from {} peers, {} dropped", f.peers, f.dropped),
+            false => format!("off ({} peers in the set)", f.peers),
+        };
+        let _ = writeln!(o, "filter     nft table {}: {state}", f.table);
+    }
     for p in &l2.problems {
         let hosts: Vec<String> = p.hosts.iter().map(|h| h.to_string()).collect();
         let _ = writeln!(

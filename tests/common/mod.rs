@@ -4,6 +4,8 @@
 pub mod cni;
 pub mod etcd;
 pub mod kernel;
+pub mod l2;
+pub mod vxlan;
 
 use std::path::PathBuf;
 
@@ -81,4 +83,30 @@ pub fn create_l2_network(lab: &weft::lab::Lab, name: &str, vni: u32, cidr: &str)
             "l2",
         ],
     );
+}
+
+/// Stops `host`'s agent (SIGTERM) and runs `weft agent --cleanup [--release]` there; returns
+/// what it printed (panics if it fails).
+pub fn cleanup(lab: &mut weft::lab::Lab, host: &str, release: bool) -> String {
+    lab.kill_agent(host, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let bin = weft_bin().display().to_string();
+    let subnet_file = lab.subnet_file(host).display().to_string();
+    let mut argv = vec![
+        bin.as_str(),
+        "agent",
+        "--cleanup",
+        "--store",
+        lab.store_url(),
+        "--iface",
+        "eth0",
+        "--subnet-file",
+        &subnet_file,
+    ];
+    if release {
+        argv.push("--release");
+    }
+    let out = lab.exec(host, &argv).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{host}: cleanup failed: {text}");
+    text
 }

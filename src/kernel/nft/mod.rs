@@ -3,7 +3,8 @@
 //!
 //! Everything of one network lives in one table that weft owns entirely: `ip weft` for the
 //! default network, `ip weft-NAME` for a named one (which also isolates its device: nothing
-//! enters or leaves the tenant through the host). Nothing outside these tables is read or
+//! enters or leaves the tenant through the host). An L2 network's table only polices VXLAN of
+//! its VNI (see [`FirewallSpec::l2`]). Nothing outside these tables is read or
 //! written; each agent only ever touches its network's table. [`ensure`] compares the table in the kernel with the one [`render`]ed from a
 //! [`FirewallSpec`] and, only if they differ, rewrites it in one atomic `nft` transaction (a
 //! change of peers alone only swaps the set's elements). Call it on every reconcile: a rule
@@ -14,15 +15,17 @@
 //! # fn main() -> Result<(), weft::kernel::KernelError> {
 //! let spec = FirewallSpec {
 //!     table: nft::TABLE.into(),
-//!     network: "10.0.0.0/16".parse().unwrap(),
-//!     own_subnet: "10.0.37.0/24".parse().unwrap(),
-//!     ip_masq: true,
 //!     vxlan_port: 8472,
 //!     peers: ["198.51.100.10".parse().unwrap()].into(),
 //!     filter_vxlan: true,
 //!     vni: None,
 //!     exempt_vnis: Default::default(),
-//!     isolate: None,
+//!     l3: Some(nft::L3Spec {
+//!         network: "10.0.0.0/16".parse().unwrap(),
+//!         own_subnet: "10.0.37.0/24".parse().unwrap(),
+//!         ip_masq: true,
+//!         isolate: None,
+//!     }),
 //! };
 //! let applied = nft::ensure(&spec)?; // every reconcile; cheap when nothing changed
 //! if applied == nft::Applied::Rewritten {
@@ -79,16 +82,11 @@ pub const COUNTER_ISOLATION_DROPPED: &str = "isolation_dropped";
 pub struct FirewallSpec {
     /// The table's name: [`TABLE`] for the default network, `weft-NAME` for a named one.
     pub table: String,
-    /// The overlay (`Network` of the config), e.g. 10.0.0.0/16.
-    pub network: Ipv4Net,
-    /// This host's lease, e.g. 10.0.37.0/24.
-    pub own_subnet: Ipv4Net,
-    /// `--ip-masq`: flannel's masquerade rules. Without it no NAT chain exists at all.
-    pub ip_masq: bool,
     /// The VXLAN UDP port (8472 unless configured).
     pub vxlan_port: u16,
-    /// Public IPs of the current peers (from the leases). Kept in the `peers` set whether or
-    /// not the filter is on, so it can be inspected.
+    /// Public IPs of the current peers (from the leases, or an L2 network's hosts with
+    /// endpoints). Kept in the `peers` set whether or not the filter is on, so it can be
+    /// inspected.
     pub peers: BTreeSet<Ipv4Addr>,
     /// Drop (and count) VXLAN on `vxlan_port` from anything not in `peers`. With no peers,
     /// all VXLAN is dropped. Peers behind NAT must appear with the address their packets
@@ -102,10 +100,54 @@ pub struct FirewallSpec {
     /// the default network's table never drops a tenant's traffic from a host that is the
     /// tenant's peer but not the default network's.
     pub exempt_vnis: BTreeSet<u32>,
+    /// An L3 network's routed traffic: forwarding, masquerade, isolation. `None` for an L2
+    /// network, whose table only polices VXLAN (its traffic is bridged, never routed here).
+    pub l3: Option<L3Spec>,
+}
+
+/// The parts of a table only an L3 network has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L3Spec {
+    /// The overlay (`Network` of the config), e.g. 10.0.0.0/16.
+    pub network: Ipv4Net,
+    /// This host's lease, e.g. 10.0.37.0/24.
+    pub own_subnet: Ipv4Net,
+    /// `--ip-masq`: flannel's masquerade rules. Without it no NAT chain exists at all.
+    pub ip_masq: bool,
     /// A named network's device: drop (and count) what would cross the network's boundary on
     /// this host — arriving on the device for an address not on it, forwarded from the device
     /// elsewhere or from elsewhere to it, or arriving elsewhere for `own_subnet`.
     pub isolate: Option<String>,
+}
+
+impl FirewallSpec {
+    /// An L2 network's table `table`: VXLAN of `vni` on `vxlan_port` only from `peers` (the
+    /// network's other hosts with endpoints) when `filter_vxlan`; nothing else.
+    pub fn l2(table: &str, vni: u32, vxlan_port: u16, peers: BTreeSet<Ipv4Addr>, filter_vxlan: bool) -> FirewallSpec {
+        FirewallSpec {
+            table: table.into(),
+            vxlan_port,
+            peers,
+            filter_vxlan,
+            vni: Some(vni),
+            exempt_vnis: BTreeSet::new(),
+            l3: None,
+        }
+    }
+
+    /// The named device this table isolates, if any.
+    pub fn isolated_device(&self) -> Option<&str> {
+        self.l3.as_ref()?.isolate.as_deref()
+    }
+
+    /// This spec with its L3 parts changed by `f` (tests).
+    #[cfg(test)]
+    pub(crate) fn with_l3(mut self, f: impl FnOnce(&mut L3Spec)) -> FirewallSpec {
+        if let Some(l3) = self.l3.as_mut() {
+            f(l3);
+        }
+        self
+    }
 }
 
 /// What [`ensure`] had to do.

@@ -4,8 +4,8 @@
 //! prefixes, `"prio": 100` rather than `srcnat`), so the comparison in `compare` stays simple.
 
 use super::{
-    FirewallSpec, CHAIN_FORWARD, CHAIN_INPUT, CHAIN_POSTROUTING, COUNTER_ISOLATION_DROPPED, COUNTER_VXLAN_DROPPED,
-    SET_PEERS,
+    FirewallSpec, L3Spec, CHAIN_FORWARD, CHAIN_INPUT, CHAIN_POSTROUTING, COUNTER_ISOLATION_DROPPED,
+    COUNTER_VXLAN_DROPPED, SET_PEERS,
 };
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
@@ -61,37 +61,40 @@ pub(super) fn table_objects(spec: &FirewallSpec) -> Vec<NfListObject<'static>> {
     };
     // Always present, so the metric exists (as 0) even with the filter off.
     let mut objs = vec![NfListObject::Table(table(t)), counter(COUNTER_VXLAN_DROPPED)];
-    if spec.isolate.is_some() {
+    let isolate = spec.isolated_device();
+    if isolate.is_some() {
         objs.push(counter(COUNTER_ISOLATION_DROPPED));
     }
     objs.push(NfListObject::Set(Box::new(peers_set(spec))));
     let mut rules = Vec::new();
-    if spec.ip_masq {
+    if let Some(l3) = &spec.l3 {
+        if l3.ip_masq {
+            objs.push(base_chain(
+                t,
+                CHAIN_POSTROUTING,
+                NfChainType::NAT,
+                NfHook::Postrouting,
+                PRIO_SRCNAT,
+            ));
+            rules.extend(masq_rules(l3).into_iter().map(|r| rule(t, CHAIN_POSTROUTING, r)));
+        }
         objs.push(base_chain(
             t,
-            CHAIN_POSTROUTING,
-            NfChainType::NAT,
-            NfHook::Postrouting,
-            PRIO_SRCNAT,
+            CHAIN_FORWARD,
+            NfChainType::Filter,
+            NfHook::Forward,
+            PRIO_FILTER,
         ));
-        rules.extend(masq_rules(spec).into_iter().map(|r| rule(t, CHAIN_POSTROUTING, r)));
+        if let Some(dev) = isolate {
+            rules.extend(
+                forward_isolation_rules(dev)
+                    .into_iter()
+                    .map(|r| rule(t, CHAIN_FORWARD, r)),
+            );
+        }
+        rules.extend(forward_rules(l3).into_iter().map(|r| rule(t, CHAIN_FORWARD, r)));
     }
-    objs.push(base_chain(
-        t,
-        CHAIN_FORWARD,
-        NfChainType::Filter,
-        NfHook::Forward,
-        PRIO_FILTER,
-    ));
-    if let Some(dev) = &spec.isolate {
-        rules.extend(
-            forward_isolation_rules(dev)
-                .into_iter()
-                .map(|r| rule(t, CHAIN_FORWARD, r)),
-        );
-    }
-    rules.extend(forward_rules(spec).into_iter().map(|r| rule(t, CHAIN_FORWARD, r)));
-    if spec.filter_vxlan || spec.isolate.is_some() {
+    if spec.filter_vxlan || isolate.is_some() {
         objs.push(base_chain(
             t,
             CHAIN_INPUT,
@@ -103,9 +106,9 @@ pub(super) fn table_objects(spec: &FirewallSpec) -> Vec<NfListObject<'static>> {
     if spec.filter_vxlan {
         rules.push(rule(t, CHAIN_INPUT, vxlan_filter_rule(spec)));
     }
-    if let Some(dev) = &spec.isolate {
+    if let (Some(dev), Some(l3)) = (isolate, &spec.l3) {
         rules.extend(
-            input_isolation_rules(dev, spec.own_subnet)
+            input_isolation_rules(dev, l3.own_subnet)
                 .into_iter()
                 .map(|r| rule(t, CHAIN_INPUT, r)),
         );
@@ -184,8 +187,8 @@ fn drop() -> Statement<'static> {
 }
 
 /// flannel's FLANNEL-POSTRTG, rule for rule (see the v0.20.2 capture).
-fn masq_rules(spec: &FirewallSpec) -> Vec<Vec<Statement<'static>>> {
-    let net = spec.network;
+fn masq_rules(l3: &L3Spec) -> Vec<Vec<Statement<'static>>> {
+    let net = l3.network;
     let multicast: Ipv4Net = "224.0.0.0/4".parse().expect("constant");
     vec![
         // Marked by kube-proxy: its own rules masquerade these; don't do it twice.
@@ -195,7 +198,7 @@ fn masq_rules(spec: &FirewallSpec) -> Vec<Vec<Statement<'static>>> {
         // Overlay to the outside world (multicast excepted).
         vec![saddr(Operator::EQ, net), daddr(Operator::NEQ, multicast), masquerade()],
         // From outside to our own pods: keep the client's address.
-        vec![saddr(Operator::NEQ, net), daddr(Operator::EQ, spec.own_subnet), ret()],
+        vec![saddr(Operator::NEQ, net), daddr(Operator::EQ, l3.own_subnet), ret()],
         // From outside (the host itself, say) to other hosts' pods: answers must come back here.
         vec![saddr(Operator::NEQ, net), daddr(Operator::EQ, net), masquerade()],
     ]
@@ -203,10 +206,10 @@ fn masq_rules(spec: &FirewallSpec) -> Vec<Vec<Statement<'static>>> {
 
 /// flannel's FLANNEL-FWD. Only accepts: a drop elsewhere (another table, another hook) still
 /// wins, and the chain's policy is accept so the host's own forwarding policy is untouched.
-fn forward_rules(spec: &FirewallSpec) -> Vec<Vec<Statement<'static>>> {
+fn forward_rules(l3: &L3Spec) -> Vec<Vec<Statement<'static>>> {
     vec![
-        vec![saddr(Operator::EQ, spec.network), accept()],
-        vec![daddr(Operator::EQ, spec.network), accept()],
+        vec![saddr(Operator::EQ, l3.network), accept()],
+        vec![daddr(Operator::EQ, l3.network), accept()],
     ]
 }
 
@@ -384,9 +387,6 @@ mod unit {
     pub(crate) fn spec() -> FirewallSpec {
         FirewallSpec {
             table: "weft".into(),
-            network: "10.0.0.0/16".parse().unwrap(),
-            own_subnet: "10.0.37.0/24".parse().unwrap(),
-            ip_masq: true,
             vxlan_port: 8472,
             peers: ["198.51.100.10", "192.0.2.10"]
                 .iter()
@@ -395,7 +395,12 @@ mod unit {
             filter_vxlan: true,
             vni: None,
             exempt_vnis: BTreeSet::new(),
-            isolate: None,
+            l3: Some(L3Spec {
+                network: "10.0.0.0/16".parse().unwrap(),
+                own_subnet: "10.0.37.0/24".parse().unwrap(),
+                ip_masq: true,
+                isolate: None,
+            }),
         }
     }
 
@@ -447,21 +452,17 @@ mod unit {
     #[test]
     fn host_bits_are_dropped() {
         // nft lists prefixes without host bits; rendering them would look like a hand edit.
-        let s = json(&FirewallSpec {
-            network: "10.0.0.5/16".parse().unwrap(),
-            own_subnet: "10.0.37.1/24".parse().unwrap(),
-            ..spec()
-        });
+        let s = json(&spec().with_l3(|l3| {
+            l3.network = "10.0.0.5/16".parse().unwrap();
+            l3.own_subnet = "10.0.37.1/24".parse().unwrap();
+        }));
         assert!(!s.contains("10.0.0.5") && !s.contains("10.0.37.1"), "{s}");
         assert!(s.contains(r#"{"prefix":{"addr":"10.0.37.0","len":24}}"#), "{s}");
     }
 
     #[test]
     fn without_masq_no_nat_chain() {
-        let s = json(&FirewallSpec {
-            ip_masq: false,
-            ..spec()
-        });
+        let s = json(&spec().with_l3(|l3| l3.ip_masq = false));
         assert!(!s.contains("postrouting") && !s.contains("masquerade"), "{s}");
         assert!(s.contains(r#""hook":"forward""#), "{s}");
     }
@@ -503,9 +504,10 @@ mod unit {
         let s = json(&FirewallSpec {
             table: "weft-a".into(),
             vni: Some(100),
-            isolate: Some("weft.100".into()),
-            ip_masq: false,
-            ..spec()
+            ..spec().with_l3(|l3| {
+                l3.isolate = Some("weft.100".into());
+                l3.ip_masq = false;
+            })
         });
         assert!(
             s.contains(r#"{"add":{"table":{"family":"ip","name":"weft-a"}}}"#),
@@ -538,5 +540,49 @@ mod unit {
             d.contains(r#""right":8472,"op":"=="}},{"match":{"left":{"payload":{"base":"th","offset":96,"len":24}},"right":{"set":[100,200]},"op":"!="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}}"#),
             "{d}"
         );
+    }
+
+    fn l2(filter: bool) -> FirewallSpec {
+        let peers = ["198.51.100.20".parse().unwrap(), "203.0.113.30".parse().unwrap()].into();
+        FirewallSpec::l2("weft-l2net", 300, 8472, peers, filter)
+    }
+
+    #[test]
+    fn an_l2_network_table_only_polices_its_vni() {
+        let s = json(&l2(true));
+        assert!(
+            s.contains(r#"{"add":{"table":{"family":"ip","name":"weft-l2net"}}}"#),
+            "{s}"
+        );
+        assert!(s.contains(r#""elem":["198.51.100.20","203.0.113.30"]"#), "{s}");
+        // One rule: udp dport 8472 @th,96,24 300 ip saddr != @peers counter drop.
+        assert!(
+            s.contains(r#""chain":"input","expr":[{"match":{"left":{"payload":{"protocol":"udp","field":"dport"}},"right":8472,"op":"=="}},{"match":{"left":{"payload":{"base":"th","offset":96,"len":24}},"right":300,"op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"@peers","op":"!="}},{"counter":"vxlan_dropped"},{"drop":null}]"#),
+            "{s}"
+        );
+        assert_eq!(s.matches(r#"{"rule":"#).count(), 1, "{s}");
+        assert!(
+            s.contains(r#""type":"filter","hook":"input","prio":0,"policy":"accept""#),
+            "{s}"
+        );
+        // Bridged traffic is never routed here: no forward, NAT or isolation.
+        for absent in ["forward", "postrouting", "masquerade", "isolation", "prefix"] {
+            assert!(!s.contains(absent), "{absent} in {s}");
+        }
+    }
+
+    #[test]
+    fn an_l2_network_table_without_the_filter_keeps_set_and_counter() {
+        let s = json(&l2(false));
+        assert!(!s.contains(r#""chain""#) && !s.contains("@peers"), "{s}");
+        assert!(
+            s.contains(r#"{"set":{"family":"ip","table":"weft-l2net","name":"peers","type":"ipv4_addr","elem":["198.51.100.20","203.0.113.30"]}}"#),
+            "{s}"
+        );
+        assert!(s.contains(r#""name":"vxlan_dropped""#), "{s}");
+        // With no peer at all, every datagram of the VNI is dropped (the set is just empty).
+        let lonely = json(&FirewallSpec::l2("weft-l2net", 300, 8472, BTreeSet::new(), true));
+        assert!(lonely.contains(r#""right":"@peers","op":"!="}}"#), "{lonely}");
+        assert!(!lonely.contains("elem"), "{lonely}");
     }
 }

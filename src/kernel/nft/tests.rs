@@ -8,15 +8,17 @@ use std::time::Duration;
 fn spec() -> FirewallSpec {
     FirewallSpec {
         table: TABLE.into(),
-        network: "10.0.0.0/16".parse().unwrap(),
-        own_subnet: "10.0.37.0/24".parse().unwrap(),
-        ip_masq: true,
         vxlan_port: 8472,
         peers: ["198.51.100.2".parse().unwrap()].into(),
         filter_vxlan: true,
         vni: None,
         exempt_vnis: Default::default(),
-        isolate: None,
+        l3: Some(L3Spec {
+            network: "10.0.0.0/16".parse().unwrap(),
+            own_subnet: "10.0.37.0/24".parse().unwrap(),
+            ip_masq: true,
+            isolate: None,
+        }),
     }
 }
 
@@ -71,10 +73,7 @@ fn ensure_repair_and_remove() {
     assert_eq!(ensure_in(&ns, &s), Applied::Unchanged);
 
     // A spec change rewrites; masquerade off removes the NAT chain.
-    let no_masq = FirewallSpec {
-        ip_masq: false,
-        ..s.clone()
-    };
+    let no_masq = s.clone().with_l3(|l3| l3.ip_masq = false);
     assert_eq!(ensure_in(&ns, &no_masq), Applied::Rewritten);
     assert!(!listing(&ns).contains("postrouting"));
     assert_eq!(ensure_in(&ns, &no_masq), Applied::Unchanged);
@@ -94,8 +93,7 @@ fn a_named_networks_table_reads_back_as_rendered_and_lives_beside_the_default() 
     let named = FirewallSpec {
         table: "weft-tenant-a".into(),
         vni: Some(100),
-        isolate: Some("weft.100".into()),
-        ..spec()
+        ..spec().with_l3(|l3| l3.isolate = Some("weft.100".into()))
     };
     assert_eq!(ensure_in(&ns, &named), Applied::Created);
     // nft lists raw payloads, fib and iifname matches back the way they were rendered.
@@ -126,6 +124,30 @@ fn a_named_networks_table_reads_back_as_rendered_and_lives_beside_the_default() 
     );
     assert!(ns.enter(|| remove("weft-tenant-a")).unwrap());
     assert_eq!(ns.enter(tables).unwrap(), ["weft"]);
+}
+
+#[test]
+fn an_l2_networks_table_reads_back_as_rendered() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let peers = ["198.51.100.20".parse().unwrap()].into();
+    let mut l2 = FirewallSpec::l2("weft-l2net", 300, 8472, peers, true);
+    assert_eq!(ensure_in(&ns, &l2), Applied::Created);
+    assert_eq!(ensure_in(&ns, &l2), Applied::Unchanged);
+    let text = ns.exec_ok("nft list table ip weft-l2net");
+    assert!(
+        text.contains("udp dport 8472 @th,96,24 0x12c ip saddr != @peers counter name \"vxlan_dropped\" drop"),
+        "{text}"
+    );
+    assert!(!text.contains("forward") && !text.contains("postrouting"), "{text}");
+    l2.peers.insert("203.0.113.30".parse().unwrap());
+    assert_eq!(ensure_in(&ns, &l2), Applied::PeersUpdated);
+    l2.filter_vxlan = false;
+    assert_eq!(ensure_in(&ns, &l2), Applied::Rewritten);
+    assert_eq!(ensure_in(&ns, &l2), Applied::Unchanged);
+    assert!(!ns.exec_ok("nft list table ip weft-l2net").contains("chain"));
 }
 
 #[test]
@@ -197,10 +219,7 @@ fn masquerade_only_leaving_the_overlay() {
         return;
     }
     let t = topology();
-    let off = FirewallSpec {
-        ip_masq: false,
-        ..spec()
-    };
+    let off = spec().with_l3(|l3| l3.ip_masq = false);
     ensure_in(&t.host, &off);
     assert!(!ping(&t.pod, "203.0.113.2"), "outside answered without masquerade");
     assert_eq!(ensure_in(&t.host, &spec()), Applied::Rewritten);
@@ -298,9 +317,10 @@ fn a_batch_serves_many_tables_in_one_run_and_keeps_errors_apart() {
     let named = |name: &str, vni: u32| FirewallSpec {
         table: format!("weft-{name}"),
         vni: Some(vni),
-        ip_masq: false,
-        isolate: Some(format!("weft.{vni}")),
-        ..spec()
+        ..spec().with_l3(|l3| {
+            l3.ip_masq = false;
+            l3.isolate = Some(format!("weft.{vni}"));
+        })
     };
     let (a, b) = (named("a", 100), named("b", 101));
     let peer: Ipv4Addr = "198.51.100.9".parse().unwrap();
