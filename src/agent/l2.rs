@@ -564,6 +564,12 @@ impl L2Agent {
             info!(device = %spec.name, "kernel: bridge port learning off, neigh_suppress on");
             self.kernel.set_tunnel_port(vx.index).await?;
         }
+        // Before the bridge comes up: it then never gets an IPv6 link-local address.
+        for dev in [&name, &spec.name] {
+            if kernel::sysctl::disable_ipv6(dev)? {
+                info!(device = %dev, "kernel: IPv6 off (the host stays out of the tenant's network)");
+            }
+        }
         if !br.up {
             self.kernel.set_up(br.index).await?;
             br.up = true;

@@ -19,6 +19,7 @@ pub mod nft;
 pub mod offload;
 mod route;
 pub mod rule;
+pub mod sysctl;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +46,9 @@ pub enum KernelError {
     NoSuchLink(String),
     #[error("cannot open netlink socket: {0}")]
     Socket(String),
+    /// A device sysctl could not be read or written.
+    #[error("sysctl of {dev}: {message}")]
+    Sysctl { dev: String, message: String },
     /// `nft` failed; `message` carries its stderr.
     #[error("nft {op}: {message}")]
     Nft { op: &'static str, message: String },
