@@ -112,7 +112,11 @@ async fn l2_endpoints_ping_arp_locally_migrate_and_are_policed() {
         // The host has no IPv6 presence in the tenant's network: no link-local address on
         // the bridge or the tunnel, so no MLD or router solicitations flooded to the tenant.
         for dev in [BRIDGE, "weft.300"] {
-            let v6 = sh(&lab, h, &["cat", &format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6")]);
+            let v6 = sh(
+                &lab,
+                h,
+                &["cat", &format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6")],
+            );
             assert_eq!(v6.trim(), "1", "{h}: IPv6 still on for {dev}");
             let addrs = sh(&lab, h, &["ip", "-6", "addr", "show", "dev", dev]);
             assert!(!addrs.contains("inet6"), "{h}: {dev} has {addrs}");

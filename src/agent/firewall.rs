@@ -11,6 +11,8 @@ use crate::kernel::offload::{self, TxChecksumPolicy};
 use crate::kernel::{KernelError, LinkInfo};
 use crate::planner::peers::Peer;
 use ipnet::Ipv4Net;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tracing::{info, warn};
 
 /// One network's nft table as last written through the host's nft task, for the L3 and the L2
@@ -24,6 +26,8 @@ pub(super) struct FirewallKeeper {
     check_due: bool,
     /// The table's dropped-VXLAN counter as last read (at the last full check).
     dropped: u64,
+    /// Set by the nft task when a deferred set update failed.
+    deferred_failed: Arc<AtomicBool>,
 }
 
 impl FirewallKeeper {
@@ -44,6 +48,10 @@ impl FirewallKeeper {
 
     /// Writes the table when what it should hold changed, or when a resync asks for a check.
     pub async fn ensure(&mut self, spec: FirewallSpec, nft: &NftBatcher, metrics: &Metrics) -> Result<(), KernelError> {
+        if self.deferred_failed.swap(false, Ordering::Relaxed) {
+            metrics.kernel_op("nft", "update", false);
+            self.check_due = true;
+        }
         if self.written.as_ref() == Some(&spec) && !self.check_due {
             return Ok(());
         }
@@ -61,6 +69,15 @@ impl FirewallKeeper {
                     added: spec.peers.difference(&old.peers).copied().collect(),
                     removed: old.peers.difference(&spec.peers).copied().collect(),
                 };
+                // Peers that only left: their entries are gone already, so nothing waits for
+                // the set to shrink; it goes with the next nft run (within `LATER`).
+                let only_removed = matches!(&request, NftRequest::UpdatePeers { added, .. } if added.is_empty());
+                if only_removed && nft.run_later(request.clone(), self.deferred_failed.clone()).is_ok() {
+                    metrics.kernel_op("nft", "update", true);
+                    info!(table = %spec.table, peers = spec.peers.len(), "nft: peers set shrink queued");
+                    self.written = Some(spec);
+                    return Ok(());
+                }
                 match nft.run(request).await {
                     Ok(_) => {
                         metrics.kernel_op("nft", "update", true);
