@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use weft::kernel::Kernel;
-use weft::lab::{Lab, LabGuard, LabOptions};
+use weft::lab::{Lab, LabGuard, LabOptions, LabStore};
 use weft::lease::{lease_key, Lease};
 
 #[path = "plots.rs"]
@@ -41,6 +41,8 @@ struct Cfg {
     secs: u32,
     pings: u32,
     sizes: Vec<u32>,
+    /// `sqlite`, `etcd`: the convergence labs run once per store.
+    stores: Vec<String>,
     adds: usize,
     parts: Vec<String>,
     command: String,
@@ -61,6 +63,11 @@ fn parse_args() -> Result<Cfg> {
         secs: if quick { 2 } else { 5 },
         pings: if quick { 50 } else { 200 },
         sizes: if quick { vec![3, 10] } else { vec![3, 10, 30, 50] },
+        stores: if quick {
+            vec!["sqlite".into()]
+        } else {
+            vec!["sqlite".into(), "etcd".into()]
+        },
         adds: if quick { 3 } else { 7 },
         parts: vec!["dataplane".into(), "convergence".into(), "footprint".into()],
         command: std::env::var("WEFT_BENCH_COMMAND")
@@ -77,6 +84,7 @@ fn parse_args() -> Result<Cfg> {
             "--secs" => cfg.secs = val()?.parse()?,
             "--adds" => cfg.adds = val()?.parse()?,
             "--sizes" => cfg.sizes = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--stores" => cfg.stores = val()?.split(',').map(String::from).collect(),
             "--report-only" => cfg.parts = Vec::new(),
             "--only" => cfg.parts = val()?.split(',').map(String::from).collect(),
             other => bail!("unknown argument {other:?} (see bench/run.sh)"),
@@ -760,45 +768,53 @@ async fn footprint(cfg: &Cfg, lab: &mut LabGuard) -> Result<Value> {
 async fn convergence(cfg: &Cfg, want_footprint: bool) -> Result<(Value, Option<Value>)> {
     let mut rows = Vec::new();
     let mut fp = None;
-    for &n in &cfg.sizes {
-        let t = Instant::now();
-        eprintln!("convergence: {n}-host lab");
-        let mut lab = Lab::up(
-            LabOptions::new(LAB_CONV, n)
-                .weft_bin(&cfg.weft_bin)
-                .wait(Some(Duration::from_secs(180))),
-        )
-        .await?;
-        let up_s = lab.converged_in().map(|d| d.as_secs_f64());
-        if n == 3 && want_footprint {
-            fp = Some(footprint(cfg, &mut lab).await?);
-        }
-        let (mut join, mut removal, mut fresh_start) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..cfg.adds {
-            let next = format!("h{}", lab.state().next_index);
-            let w = wait_file(lab.subnet_file(&next), Duration::from_secs(60));
-            let added = lab.add_host().await?;
-            if added.name == next {
-                if let (Some(Some(seen)), Some(t0)) = (w.join().ok(), lab.agent_started_at(&next)) {
-                    fresh_start.push(ms(seen.saturating_duration_since(t0)));
-                }
+    for store in &cfg.stores {
+        let lab_store = match store.as_str() {
+            "sqlite" => LabStore::Sqlite,
+            "etcd" => LabStore::Etcd { members: 1 },
+            other => bail!("unknown store {other:?} (sqlite, etcd)"),
+        };
+        for &n in &cfg.sizes {
+            let t = Instant::now();
+            eprintln!("convergence: {n}-host lab, {store}");
+            let mut lab = Lab::up(
+                LabOptions::new(LAB_CONV, n)
+                    .weft_bin(&cfg.weft_bin)
+                    .store(lab_store)
+                    .wait(Some(Duration::from_secs(180))),
+            )
+            .await?;
+            let up_s = lab.converged_in().map(|d| d.as_secs_f64());
+            if n == 3 && want_footprint && fp.is_none() {
+                fp = Some(footprint(cfg, &mut lab).await?);
             }
-            let j = ms(added.reachable_after.ok_or_else(|| anyhow!("add_host did not wait"))?);
-            let r = ms(measure_removal(&mut lab, &added.name).await?);
-            eprintln!("  {n} hosts, add {}: join {j:.1} ms, removal {r:.1} ms", i + 1);
-            join.push(j);
-            removal.push(r);
-            lab.remove_host(&added.name).await?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (mut join, mut removal, mut fresh_start) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..cfg.adds {
+                let next = format!("h{}", lab.state().next_index);
+                let w = wait_file(lab.subnet_file(&next), Duration::from_secs(60));
+                let added = lab.add_host().await?;
+                if added.name == next {
+                    if let (Some(Some(seen)), Some(t0)) = (w.join().ok(), lab.agent_started_at(&next)) {
+                        fresh_start.push(ms(seen.saturating_duration_since(t0)));
+                    }
+                }
+                let j = ms(added.reachable_after.ok_or_else(|| anyhow!("add_host did not wait"))?);
+                let r = ms(measure_removal(&mut lab, &added.name).await?);
+                eprintln!("  {n} hosts, {store}, add {}: join {j:.1} ms, removal {r:.1} ms", i + 1);
+                join.push(j);
+                removal.push(r);
+                lab.remove_host(&added.name).await?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            lab.down()?;
+            rows.push(json!({
+                "hosts": n, "store": store, "up_converged_s": up_s,
+                "join_ms": join, "join_ms_median": median(&join), "join_ms_p90": quantile(&join, 0.9),
+                "removal_ms": removal, "removal_ms_median": median(&removal), "removal_ms_p90": quantile(&removal, 0.9),
+                "fresh_startup_ms": fresh_start, "took_s": t.elapsed().as_secs_f64(),
+                "removal_poll_ms": ms(poll_interval()),
+            }));
         }
-        lab.down()?;
-        rows.push(json!({
-            "hosts": n, "store": "sqlite", "up_converged_s": up_s,
-            "join_ms": join, "join_ms_median": median(&join), "join_ms_p90": quantile(&join, 0.9),
-            "removal_ms": removal, "removal_ms_median": median(&removal), "removal_ms_p90": quantile(&removal, 0.9),
-            "fresh_startup_ms": fresh_start, "took_s": t.elapsed().as_secs_f64(),
-            "removal_poll_ms": ms(poll_interval()),
-        }));
     }
     Ok((Value::Array(rows), fp))
 }
