@@ -64,7 +64,7 @@ load=$(cut -d' ' -f1-3 /proc/loadavg)
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 section=$(cat <<MD
-<!-- etcd-figures: written by bench/etcd-figures.sh; everything from here on is replaced -->
+<!-- etcd-figures: written by bench/etcd-figures.sh; this section (to the next heading) is replaced -->
 ## With etcd (issue 3)
 
 Figures from \`sudo bench/etcd-figures.sh $rounds\` (release build). Machine: $(nproc) cores,
@@ -88,10 +88,21 @@ Raw 50-agent samples (ms): etcd ${etcd50[*]}; SQLite ${sqlite50[*]}
 MD
 )
 marker='<!-- etcd-figures:'
+# The section replaces the old one in place (from its marker to the next `## ` heading after its
+# own); the sections after it stay. Without an old one it goes at the end.
+sectionfile=$(mktemp)
+printf '%s\n' "$section" >"$sectionfile"
 if grep -q "$marker" docs/benchmarks.md; then
-    sed -i "/$marker/,\$d" docs/benchmarks.md
+    awk -v m="$marker" -v sec="$sectionfile" '
+        index($0, m) == 1 { while ((getline l < sec) > 0) print l; print ""; skip = 1; heading = 0; next }
+        skip && /^## / { heading++; if (heading > 1) skip = 0 }
+        !skip { print }
+    ' docs/benchmarks.md >docs/benchmarks.md.new && mv docs/benchmarks.md.new docs/benchmarks.md
+else
+    printf '\n' >>docs/benchmarks.md
+    cat "$sectionfile" >>docs/benchmarks.md
 fi
-printf '\n%s\n' "$section" >>docs/benchmarks.md
+rm -f "$sectionfile"
 # No blank-line pile-up across reruns.
 cat -s docs/benchmarks.md >docs/benchmarks.md.tmp && mv docs/benchmarks.md.tmp docs/benchmarks.md
 cat docs/benchmarks.md
