@@ -581,10 +581,21 @@ impl Lab {
             .iter()
             .map(|h| (h.plan.underlay_ip, h.plan.name.as_str()))
             .collect();
-        let mut out = BTreeMap::new();
         // Malformed entries are the agents' business (and tests may plant them): skip them.
-        for lease in listing.entries.iter().filter_map(|e| Lease::from_entry(e).ok()) {
+        // Tests also plant well-formed leases naming a host's address (hostile ones the agents
+        // refuse): a host's own lease is the one its `subnet.env` names, else its oldest.
+        let mut candidates: BTreeMap<&str, Vec<(i64, Lease)>> = BTreeMap::new();
+        for e in &listing.entries {
+            let Ok(lease) = Lease::from_entry(e) else { continue };
             if let Some(host) = by_ip.get(&lease.public_ip) {
+                candidates.entry(host).or_default().push((e.create_revision, lease));
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (host, mut leases) in candidates {
+            let own = crate::subnet_env::SubnetEnv::read(&self.subnet_file(host)).map(|env| env.subnet.trunc());
+            leases.sort_by_key(|(rev, l)| (Some(l.subnet) != own, *rev));
+            if let Some((_, lease)) = leases.into_iter().next() {
                 out.insert(host.to_string(), lease);
             }
         }
