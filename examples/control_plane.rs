@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
-use weft::lab::{Lab, LabOptions};
+use weft::lab::{rss_kb, Lab, LabOptions};
 use weft::lease::{lease_key, vxlan_lease_value};
 use weft::mac::Mac;
 
@@ -47,17 +47,6 @@ fn wait_log(lab: &Lab, needles: &[&str], timeout: Duration) -> Result<SystemTime
 
 fn ms(a: SystemTime, b: SystemTime) -> f64 {
     b.duration_since(a).unwrap_or_default().as_secs_f64() * 1000.0
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn cpu_ticks(pid: u32) -> u64 {

@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
-use weft::lab::{Lab, LabOptions};
+use weft::lab::{rss_kb, Lab, LabOptions};
 use weft::network::admin;
 
 const NAME: &str = "wmn";
@@ -34,17 +34,6 @@ fn devices_and_routes(lab: &Lab, host: &str) -> Result<(usize, usize)> {
         ],
     )?;
     Ok((devices, routes))
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

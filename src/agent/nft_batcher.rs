@@ -152,7 +152,7 @@ async fn run(batch: Vec<Job>) {
 mod tests {
     use super::*;
     use crate::kernel::nft::testns::{can_run, Netns};
-    use crate::kernel::nft::{FirewallSpec, L3Spec};
+    use crate::kernel::nft::FirewallSpec;
     use std::net::Ipv4Addr;
 
     const A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
@@ -190,18 +190,8 @@ mod tests {
             rt.block_on(async {
                 let nft = NftBatcher::start();
                 let spec = FirewallSpec {
-                    table: "weft".into(),
-                    vxlan_port: 8472,
                     peers: [A, B].into(),
-                    filter_vxlan: true,
-                    vni: None,
-                    exempt_vnis: Default::default(),
-                    l3: Some(L3Spec {
-                        network: "10.0.0.0/16".parse().unwrap(),
-                        own_subnet: "10.0.37.0/24".parse().unwrap(),
-                        ip_masq: false,
-                        isolate: None,
-                    }),
+                    ..crate::kernel::nft::tests::spec()
                 };
                 nft.run(NftRequest::Ensure(spec)).await.expect("create");
 

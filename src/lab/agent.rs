@@ -173,3 +173,15 @@ pub fn stop(pid: u32, mut child: Option<&mut Child>, first: Signal, grace: Durat
     wait_exit(pid, child, Duration::from_secs(5));
     Ok(())
 }
+
+/// Resident memory (`VmRSS`) of process `pid` in KB; 0 if it cannot be read.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -37,7 +37,7 @@ pub mod probe;
 pub mod state;
 pub mod topology;
 
-pub use agent::AgentSpec;
+pub use agent::{rss_kb, AgentSpec};
 pub use check::{CheckReport, PodProbe, ProbeKind};
 pub use cluster::{down, AddedHost, HostStatus, Lab, LabGuard, LabOptions, LabStore};
 pub use pods::PodInfo;

@@ -165,7 +165,7 @@ fn decide(r: &NftRequest, tables: &BTreeMap<String, Vec<Value>>) -> Result<(Vec<
                 let cmds = commands(&to_value(&render(spec)));
                 return Ok((cmds, ensured(Applied::Created, 0)));
             };
-            let dropped = counter_packets(have_objs, COUNTER_VXLAN_DROPPED);
+            let dropped = listed_counter(have_objs, COUNTER_VXLAN_DROPPED);
             let want_objs: Vec<Value> = table_objects(spec).iter().map(to_value).collect();
             let (have, want) = (canonical(have_objs), canonical(&want_objs));
             if have == want {
@@ -245,7 +245,7 @@ fn table_of(obj: &Value) -> Option<&str> {
 }
 
 /// Packets of a named counter in a table's listing (0 if absent).
-fn counter_packets(objs: &[Value], name: &str) -> u64 {
+fn listed_counter(objs: &[Value], name: &str) -> u64 {
     objs.iter()
         .filter_map(|o| o.get("counter"))
         .find(|c| c.get("name").and_then(Value::as_str) == Some(name))

@@ -52,7 +52,7 @@ mod render;
 #[cfg(test)]
 pub(crate) mod testns;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use batch::{run_batch, NftOutcome, NftRequest};
 pub use render::render;

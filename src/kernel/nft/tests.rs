@@ -5,7 +5,7 @@ use super::*;
 use std::net::UdpSocket;
 use std::time::Duration;
 
-fn spec() -> FirewallSpec {
+pub(crate) fn spec() -> FirewallSpec {
     FirewallSpec {
         table: TABLE.into(),
         vxlan_port: 8472,
