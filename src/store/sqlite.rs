@@ -173,7 +173,9 @@ fn purge_tick(inner: &Weak<Inner>) -> Duration {
 }
 
 /// One watch: reads the changes after `last` whenever the notifier ticks, until the receiver is
-/// dropped or the store goes away.
+/// dropped or the store goes away. Changes are read a page at a time (`ops::WATCH_PAGE`): a
+/// watcher far behind, or a history of huge values, never costs more than one page per read.
+/// A cut page is followed by the next one at once, without waiting for a tick.
 async fn watch_loop(
     inner: Arc<Inner>,
     prefix: String,
@@ -184,31 +186,37 @@ async fn watch_loop(
     loop {
         // Mark the tick as seen *before* reading, so a commit during the read ticks again.
         ticks.borrow_and_update();
-        let p = prefix.clone();
-        let read = inner
-            .run(format!("watch {prefix:?} after revision {last}"), move |conn| {
-                ops::changes_since(conn, &p, last)
-            })
-            .await;
-        match read {
-            Ok(ops::Changes::Events { events, head }) => {
-                for event in events {
-                    if tx.send(event).await.is_err() {
+        let mut more = true;
+        while more {
+            more = false;
+            let p = prefix.clone();
+            let read = inner
+                .run(format!("watch {prefix:?} after revision {last}"), move |conn| {
+                    ops::changes_since(conn, &p, last, ops::WATCH_PAGE)
+                })
+                .await;
+            match read {
+                Ok(ops::Changes::Events { events, upto, cut }) => {
+                    for event in events {
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    last = upto;
+                    more = cut;
+                }
+                Ok(ops::Changes::Lost { head }) => {
+                    // The consumer lists again; continuing from `head` misses nothing that
+                    // listing will not show (events at or below its listing revision are
+                    // redundant).
+                    if tx.send(WatchEvent::Resync).await.is_err() {
                         return;
                     }
+                    last = head;
                 }
-                last = head;
+                // Transient (e.g. disk trouble): retry on the next tick, at most a second away.
+                Err(e) => tracing::warn!(error = %e, "store watch read failed"),
             }
-            Ok(ops::Changes::Lost { head }) => {
-                // The consumer lists again; continuing from `head` misses nothing that listing
-                // will not show (events at or below its listing revision are redundant).
-                if tx.send(WatchEvent::Resync).await.is_err() {
-                    return;
-                }
-                last = head;
-            }
-            // Transient (e.g. disk trouble): retry on the next tick, at most a second away.
-            Err(e) => tracing::warn!(error = %e, "store watch read failed"),
         }
         tokio::select! {
             _ = tx.closed() => return,

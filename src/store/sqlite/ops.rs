@@ -79,15 +79,45 @@ pub fn list(conn: &mut Connection, prefix: &str) -> rusqlite::Result<Listing> {
     Ok(Listing { entries, revision })
 }
 
+/// How much one watch read may hold: a page ends after `rows` events or once its keys and
+/// values reach `bytes`, whichever comes first, and always holds at least one event (a single
+/// event larger than `bytes` is its own page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBound {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// The watch's page: with the default 10,000-event history and values of any size (the store
+/// does not limit them; the agent refuses leases over 4 KiB only after reading them), one
+/// unbounded read could hold gigabytes.
+pub const WATCH_PAGE: PageBound = PageBound {
+    rows: 256,
+    bytes: 1 << 20,
+};
+
 /// What a watcher gets when it asks for the changes after `after`.
 pub enum Changes {
-    /// Changes after `after` up to `head`, in order (possibly none).
-    Events { events: Vec<WatchEvent>, head: Revision },
+    /// Changes after `after` up to `upto`, in order (possibly none). `upto` is the head when the
+    /// page holds everything up to it (`cut` false); when the page was cut at the bound it is the
+    /// revision of the last event read (`cut` true), and the watcher reads on from there.
+    Events {
+        events: Vec<WatchEvent>,
+        upto: Revision,
+        cut: bool,
+    },
     /// Events after `after` were already discarded; the watcher continues from `head`.
     Lost { head: Revision },
 }
 
-pub fn changes_since(conn: &mut Connection, prefix: &str, after: Revision) -> rusqlite::Result<Changes> {
+/// One page of the changes under `prefix` after `after`, read lazily (rows are fetched one at a
+/// time and the read stops at the bound: a cut page never reads past it).
+pub fn changes_since(
+    conn: &mut Connection,
+    prefix: &str,
+    after: Revision,
+    bound: PageBound,
+) -> rusqlite::Result<Changes> {
     let tx = conn.transaction()?;
     let (head, compacted): (Revision, Revision) =
         tx.query_row("SELECT revision, compacted FROM meta WHERE id = 1", [], |r| {
@@ -99,22 +129,60 @@ pub fn changes_since(conn: &mut Connection, prefix: &str, after: Revision) -> ru
     if after >= head {
         return Ok(Changes::Events {
             events: Vec::new(),
-            head: after,
+            upto: after,
+            cut: false,
         });
     }
-    let events = {
+    let rows_max = bound.rows.max(1);
+    let mut events = Vec::new();
+    let mut bytes = 0usize;
+    let mut cut = false;
+    {
         let mut stmt = tx.prepare_cached(&format!(
             "SELECT rev, key, value, create_rev, expires_at_ms FROM events
-             WHERE rev > :after AND rev <= :head AND {PREFIX_MATCH} ORDER BY rev"
+             WHERE rev > :after AND rev <= :head AND {PREFIX_MATCH} ORDER BY rev LIMIT :rows"
         ))?;
-        let rows = stmt.query_map(
-            rusqlite::named_params! {":after": after, ":head": head, ":prefix": prefix},
-            event_from_row,
-        )?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
+        let mut rows = stmt.query(rusqlite::named_params! {
+            ":after": after,
+            ":head": head,
+            ":prefix": prefix,
+            ":rows": i64::try_from(rows_max).unwrap_or(i64::MAX),
+        })?;
+        while let Some(row) = rows.next()? {
+            let event = event_from_row(row)?;
+            bytes = bytes.saturating_add(event_size(&event));
+            events.push(event);
+            if events.len() >= rows_max || bytes >= bound.bytes {
+                cut = true;
+                break;
+            }
+        }
+    }
     tx.commit()?;
-    Ok(Changes::Events { events, head })
+    // A page that reached its bound exactly at the last matching event is still marked cut: the
+    // next read finds nothing more and moves on to the head, which costs one cheap query.
+    let upto = match events.last() {
+        Some(last) if cut => event_revision(last),
+        _ => head,
+    };
+    Ok(Changes::Events { events, upto, cut })
+}
+
+/// What an event costs to hold, roughly: its key and value.
+fn event_size(ev: &WatchEvent) -> usize {
+    match ev {
+        WatchEvent::Put(e) => e.key.len() + e.value.len(),
+        WatchEvent::Delete { key, .. } => key.len(),
+        WatchEvent::Resync => 0,
+    }
+}
+
+fn event_revision(ev: &WatchEvent) -> Revision {
+    match ev {
+        WatchEvent::Put(e) => e.mod_revision,
+        WatchEvent::Delete { revision, .. } => *revision,
+        WatchEvent::Resync => 0,
+    }
 }
 
 fn event_from_row(row: &Row) -> rusqlite::Result<WatchEvent> {

@@ -571,3 +571,256 @@ async fn many_agents_converge() {
     }
     eprintln!("{AGENTS} agents: all creates done in {writes_done:?}, every watcher saw all in {worst:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Resource bounds: the watch reads its history a bounded page at a time.
+
+const MIB: usize = 1 << 20;
+
+/// What a watcher must see: (revision, key, value length or None for a delete).
+type Seen = Vec<(Revision, String, Option<usize>)>;
+
+fn seen(ev: &WatchEvent) -> (Revision, String, Option<usize>) {
+    match ev {
+        WatchEvent::Put(e) => (e.mod_revision, e.key.clone(), Some(e.value.len())),
+        WatchEvent::Delete { key, revision } => (*revision, key.clone(), None),
+        WatchEvent::Resync => panic!("unexpected resync"),
+    }
+}
+
+/// 30 values of 1 MiB mixed with small puts, deletes and writes outside the prefix; returns what
+/// a watcher of "lease/" from revision 0 must see.
+async fn plant_huge_history(store: &SqliteStore) -> Seen {
+    let huge = "x".repeat(MIB);
+    let mut want = Seen::new();
+    for i in 0..30 {
+        let key = format!("lease/huge-{i}");
+        let r = store.put(&key, &huge).await.unwrap();
+        want.push((r, key, Some(MIB)));
+        for j in 0..3 {
+            let key = format!("lease/small-{i}-{j}");
+            let r = store.put(&key, "s").await.unwrap();
+            want.push((r, key, Some(1)));
+        }
+        store.put("other/noise", &huge).await.unwrap();
+        if i % 4 == 0 {
+            let key = format!("lease/small-{i}-0");
+            assert!(store.delete(&key).await.unwrap());
+            let r = store.list("").await.unwrap().revision;
+            want.push((r, key, None));
+        }
+    }
+    want
+}
+
+/// Every page `changes_since` returns for `prefix` from `after` on, checking each against
+/// `bound`: at most `rows` events, and under `bytes` before its last event.
+fn read_pages(conn: &mut rusqlite::Connection, prefix: &str, after: Revision, bound: ops::PageBound) -> Vec<Seen> {
+    let mut pages = Vec::new();
+    let mut last = after;
+    loop {
+        let ops::Changes::Events { events, upto, cut } = ops::changes_since(conn, prefix, last, bound).unwrap() else {
+            panic!("history lost after {last}");
+        };
+        assert!(events.len() <= bound.rows, "page of {} events", events.len());
+        let sizes: Vec<usize> = events
+            .iter()
+            .map(|e| match e {
+                WatchEvent::Put(e) => e.key.len() + e.value.len(),
+                WatchEvent::Delete { key, .. } => key.len(),
+                WatchEvent::Resync => 0,
+            })
+            .collect();
+        let before_last: usize = sizes.iter().rev().skip(1).sum();
+        assert!(
+            before_last < bound.bytes,
+            "page held {before_last} bytes before its last event"
+        );
+        if cut {
+            assert!(!events.is_empty(), "a cut page holds at least one event");
+            assert_eq!(
+                upto,
+                revision_of(events.last().unwrap()),
+                "a cut page continues from its last event"
+            );
+        } else {
+            // Nothing writes meanwhile: an uncut page reaches the head.
+            assert_eq!(upto, ops::head(conn).unwrap());
+        }
+        assert!(upto >= last);
+        last = upto;
+        pages.push(events.iter().map(seen).collect());
+        if !cut {
+            return pages;
+        }
+    }
+}
+
+#[tokio::test]
+async fn watch_pages_a_history_of_huge_values() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    // One watcher live from the start, one started afterwards (its first read would have been
+    // the whole 60 MB history at once).
+    let mut live = store.watch("lease/", 0).await.unwrap();
+    let want = plant_huge_history(&store).await;
+    let mut late = store.watch("lease/", 0).await.unwrap();
+    for rx in [&mut live, &mut late] {
+        let mut got = Seen::new();
+        while got.len() < want.len() {
+            got.push(seen(&next(rx, 10).await));
+        }
+        assert_eq!(got, want, "every event, in order, with its revision");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(rx.try_recv().is_err(), "each event exactly once");
+    }
+
+    // The reads themselves, at the watch's bound and at a few others.
+    let mut conn = store.inner.lock_conn();
+    // With the fewest pages each bound allows: 30 MiB in pages of at most ~1 or ~3 MiB, all
+    // events in pages of 4, one event a page.
+    let n = want.len();
+    for (bound, fewest) in [
+        (ops::WATCH_PAGE, 30),
+        (
+            ops::PageBound {
+                rows: 4,
+                bytes: usize::MAX,
+            },
+            n.div_ceil(4),
+        ),
+        (
+            ops::PageBound {
+                rows: 1000,
+                bytes: 3 * MIB,
+            },
+            10,
+        ),
+        (ops::PageBound { rows: 1000, bytes: 1 }, n),
+    ] {
+        let pages = read_pages(&mut conn, "lease/", 0, bound);
+        let all: Seen = pages.iter().flatten().cloned().collect();
+        assert_eq!(all, want, "pages at {bound:?}");
+        let most = pages.iter().map(Vec::len).max().unwrap_or(0);
+        eprintln!("{bound:?}: {} pages, at most {most} events", pages.len());
+        assert!(pages.len() >= fewest, "{bound:?}: only {} pages", pages.len());
+    }
+    // Every huge value is a page of its own at the watch's bound (1 MiB + its key reaches it),
+    // so no read ever held two of them.
+    let pages = read_pages(&mut conn, "lease/", 0, ops::WATCH_PAGE);
+    for page in &pages {
+        let huge = page.iter().filter(|(_, _, len)| *len == Some(MIB)).count();
+        assert!(huge <= 1, "a page held {huge} values of 1 MiB");
+    }
+    // A watcher that is up to date reads nothing.
+    let head = ops::head(&conn).unwrap();
+    match ops::changes_since(&mut conn, "lease/", head, ops::WATCH_PAGE).unwrap() {
+        ops::Changes::Events { events, upto, cut } => assert!(events.is_empty() && upto == head && !cut),
+        ops::Changes::Lost { .. } => panic!("lost"),
+    }
+}
+
+/// A cut page stops reading the database: a row after the cut that cannot be read (a value that
+/// is not text) does not fail the read, and only fails the one page that reaches it.
+#[tokio::test]
+async fn a_cut_page_reads_no_further() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let big = store.put("k/big", &"x".repeat(4096)).await.unwrap();
+    {
+        let conn = store.inner.lock_conn();
+        let rev: Revision = conn
+            .query_row(
+                "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute(
+            "INSERT INTO events (rev, key, value, create_rev) VALUES (?1, 'k/bad', X'FF00FF', ?1)",
+            [rev],
+        )
+        .unwrap();
+    }
+    let mut conn = store.inner.lock_conn();
+    let bound = ops::PageBound { rows: 100, bytes: 1024 };
+    match ops::changes_since(&mut conn, "k/", 0, bound).unwrap() {
+        ops::Changes::Events { events, upto, cut } => {
+            assert_eq!(events.len(), 1);
+            assert_eq!((upto, cut), (big, true));
+        }
+        ops::Changes::Lost { .. } => panic!("lost"),
+    }
+    // The next page reaches the bad row and fails (an eager read would have failed above).
+    assert!(ops::changes_since(&mut conn, "k/", big, bound).is_err());
+}
+
+/// Puts `n` keys `key-0..n` under `prefix` in one transaction (fast: one commit).
+async fn bulk_put(store: &SqliteStore, prefix: &str, n: usize) -> Revision {
+    let p = prefix.to_string();
+    store
+        .inner
+        .write("bulk put".into(), move |tx, _| {
+            let mut last = 0;
+            for i in 0..n {
+                last = ops::put(tx, &format!("{p}key-{i}"), "v")?;
+            }
+            Ok(last)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn compaction_between_pages_yields_resync() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open_with_history(&db_path(&dir), 1000).unwrap();
+    bulk_put(&store, "a/", 1000).await;
+
+    // The reads: a first page, then the history moves past it.
+    {
+        let mut conn = store.inner.lock_conn();
+        let bound = ops::PageBound {
+            rows: 100,
+            bytes: usize::MAX,
+        };
+        let ops::Changes::Events { events, upto, cut } = ops::changes_since(&mut conn, "a/", 0, bound).unwrap() else {
+            panic!("lost at once");
+        };
+        assert_eq!((events.len(), upto, cut), (100, 100, true));
+        drop(conn);
+        bulk_put(&store, "a/", 1000).await;
+        let mut conn = store.inner.lock_conn();
+        assert!(matches!(
+            ops::changes_since(&mut conn, "a/", upto, bound).unwrap(),
+            ops::Changes::Lost { head: 2000 }
+        ));
+    }
+
+    // The watch: it sends one page (filling the channel), reads the next and waits to send it;
+    // the history is compacted meanwhile; once drained, its next read is a resync.
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open_with_history(&db_path(&dir), 1000).unwrap();
+    bulk_put(&store, "a/", 1000).await;
+    let mut rx = store.watch("a/", 0).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rx.len() < WATCH_BUFFER {
+        assert!(Instant::now() < deadline, "the watch never filled its channel");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let head = bulk_put(&store, "a/", 1000).await;
+    let mut revs = Vec::new();
+    loop {
+        match next(&mut rx, 5).await {
+            WatchEvent::Resync => break,
+            ev => revs.push(revision_of(&ev)),
+        }
+    }
+    // Two pages' worth arrived, in order, then the resync; nothing of the compacted history.
+    let pages = 2 * ops::WATCH_PAGE.rows;
+    assert_eq!(revs, (1..=pages as Revision).collect::<Vec<_>>());
+    let r = store.put("a/new", "x").await.unwrap();
+    assert_eq!(r, head + 1);
+    assert_eq!(revision_of(&next(&mut rx, 5).await), r);
+}
