@@ -1,8 +1,9 @@
 //! etcd v3 store: the production backend, speaking flannel v0.18+'s keys and JSON.
 //!
 //! Mapping of the [`Store`] contract:
-//! - revision = etcd's revision; `list` is one range read, and its header revision is the one a
-//!   watch continues from (`watch(prefix, after)` watches from `after + 1`).
+//! - revision = etcd's revision; `list` is range reads of `paging::PAGE_KEYS` keys, all at the
+//!   first one's revision (one snapshot, however large: see `paging.rs`), and that revision is
+//!   the one a watch continues from (`watch(prefix, after)` watches from `after + 1`).
 //! - per-key TTL = an etcd lease attached to the key. `create` grants a lease and puts the key in
 //!   a transaction on `create_revision == 0`; `refresh` keeps the key's *existing* lease alive
 //!   (also a lease written by a previous agent process or by flannel) and rewrites the value only
@@ -22,6 +23,7 @@
 mod config;
 mod errors;
 mod leases;
+mod paging;
 mod watch;
 
 pub use config::{split_endpoints, EtcdConfig};
@@ -141,6 +143,77 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// Every key under `prefix` as one snapshot, read in pages (see `paging.rs`), and the
+    /// revision it was read at.
+    async fn list_kvs(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        let what = format!("list {prefix:?}");
+        let listed = paging::list(prefix.as_bytes(), KeyValue::key, |req| self.list_page(&what, req)).await;
+        let backend = |message: String| StoreError::Backend {
+            store: self.name.clone(),
+            message: format!("{what}: {message}"),
+        };
+        match listed {
+            Ok(v) => Ok(v),
+            Err(paging::Failed::Read(e)) => Err(e),
+            Err(paging::Failed::KeyTooLarge { start }) => {
+                let key = self.key_at_or_after(&start).await;
+                Err(backend(format!(
+                    "key {key} is larger than the client accepts in one response (4 MiB)"
+                )))
+            }
+            Err(paging::Failed::Compacted { revision }) => Err(backend(format!(
+                "the listing's revision was compacted under it {} times in a row (last at \
+                 revision {revision}); is something compacting continuously?",
+                paging::RESTARTS
+            ))),
+        }
+    }
+
+    /// One page of a listing. A response too large for the client, or a compacted revision,
+    /// is handed back to the pager (`Ok(Err(…))`), which reads smaller pages or starts over;
+    /// every other failure is retried like any read.
+    async fn list_page(
+        &self,
+        what: &str,
+        req: paging::Request,
+    ) -> Result<Result<paging::Page<KeyValue>, paging::Refused>, StoreError> {
+        let what = format!("{what}: page of {} keys at revision {}", req.limit, req.revision);
+        let req = &req;
+        let resp = self
+            .call_idempotent(&what, |mut c| async move {
+                let opts = GetOptions::new()
+                    .with_range(req.end.clone())
+                    .with_limit(req.limit)
+                    .with_revision(req.revision);
+                match c.get(req.start.clone(), Some(opts)).await {
+                    Ok(r) => Ok(Ok(r)),
+                    Err(e) => errors::refused_page(&e).map(Err).ok_or(e),
+                }
+            })
+            .await?;
+        Ok(resp.map(|mut r| paging::Page {
+            revision: revision(r.header()),
+            more: r.more(),
+            items: r.take_kvs(),
+        }))
+    }
+
+    /// How an error names the first key at or after `start` (keys only, so it fits in a response).
+    async fn key_at_or_after(&self, start: &[u8]) -> String {
+        let found = self
+            .call_idempotent("finding the key too large to list", |mut c| async move {
+                let opts = GetOptions::new().with_from_key().with_limit(1).with_keys_only();
+                c.get(start, Some(opts)).await
+            })
+            .await;
+        match found.ok().and_then(|r| r.kvs().first().map(|kv| kv.key().to_vec())) {
+            Some(k) => format!("{:?}", String::from_utf8_lossy(&k)),
+            None => format!("at or after {:?}", String::from_utf8_lossy(start)),
+        }
+    }
+}
+
 /// The revision a response was served at (0 if etcd left the header out, which it does not).
 fn revision(h: Option<&etcd_client::ResponseHeader>) -> Revision {
     h.map(|h| h.revision()).unwrap_or(0)
@@ -161,13 +234,7 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        let mut resp = self
-            .call_idempotent(&format!("list {prefix:?}"), |mut c| async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix())).await
-            })
-            .await?;
-        let rev = revision(resp.header());
-        let kvs = resp.take_kvs();
+        let (kvs, rev) = self.list_kvs(prefix).await?;
         let exp = if self.list_expiries {
             let leases: Vec<i64> = kvs.iter().map(|kv| kv.lease()).collect();
             self.expiries_of(&leases).await?

@@ -83,6 +83,24 @@ fn chain(e: &etcd_client::Error) -> String {
     }
 }
 
+/// Whether a page read was refused for a reason paging handles: the response was larger than
+/// the client accepts (tonic: `OutOfRange`, "decoded message length too large"), or the revision
+/// it was pinned to was compacted (etcd: `OutOfRange`, "required revision has been compacted").
+pub(super) fn refused_page(e: &etcd_client::Error) -> Option<super::paging::Refused> {
+    use super::paging::Refused;
+    let etcd_client::Error::GRpcStatus(s) = e else {
+        return None;
+    };
+    let message = s.message();
+    if message.contains("required revision has been compacted") {
+        Some(Refused::Compacted)
+    } else if s.code() == Code::OutOfRange && message.contains("message length too large") {
+        Some(Refused::TooLarge)
+    } else {
+        None
+    }
+}
+
 /// An operation that did not answer in time: the store is as good as unreachable.
 pub(super) fn timed_out(store: &str, what: &str, after: std::time::Duration) -> StoreError {
     StoreError::Unavailable {

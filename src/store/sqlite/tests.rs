@@ -779,16 +779,19 @@ async fn compaction_between_pages_yields_resync() {
 
     // The reads: a first page, then the history moves past it.
     {
-        let mut conn = store.inner.lock_conn();
         let bound = ops::PageBound {
             rows: 100,
             bytes: usize::MAX,
         };
-        let ops::Changes::Events { events, upto, cut } = ops::changes_since(&mut conn, "a/", 0, bound).unwrap() else {
-            panic!("lost at once");
+        let upto = {
+            let mut conn = store.inner.lock_conn();
+            let ops::Changes::Events { events, upto, cut } = ops::changes_since(&mut conn, "a/", 0, bound).unwrap()
+            else {
+                panic!("lost at once");
+            };
+            assert_eq!((events.len(), upto, cut), (100, 100, true));
+            upto
         };
-        assert_eq!((events.len(), upto, cut), (100, 100, true));
-        drop(conn);
         bulk_put(&store, "a/", 1000).await;
         let mut conn = store.inner.lock_conn();
         assert!(matches!(
