@@ -1,8 +1,8 @@
 //! Resource bounds of the etcd store against a real etcd (Debian's etcd-server 3.4) on
 //! 127.0.0.1: a listing is read in pages, so values of ~1 MB (etcd accepts up to 1.5 MiB; anyone
 //! who can write one key can plant them) or tens of thousands of keys never make one response
-//! larger than the client accepts (tonic's 4 MiB), and the pages are one snapshot. No root
-//! needed.
+//! larger than the client accepts (tonic's 4 MiB), and the pages are one snapshot; a watch asks
+//! etcd to fragment large responses, and its events carry huge values cut. No root needed.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use weft::store::etcd::EtcdConfig;
-use weft::store::{self, Listing, Revision, Store, StoreConfig};
+use weft::store::{self, Listing, Revision, Store, StoreConfig, WatchEvent};
 
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 /// Just under etcd's default request limit (1.5 MiB) with room for the key and framing.
@@ -251,4 +251,62 @@ async fn a_key_larger_than_the_client_accepts_is_named() {
     // (Through etcdctl: `Store::delete` asks for the previous value, which is as large.)
     etcd.ctl_ok(&["del", &big]);
     assert_eq!(s.list(SUBNETS).await.unwrap().entries.len(), 20);
+}
+
+/// Watch events carry values cut to just over `MAX_WATCH_VALUE_BYTES` (still refused on length by
+/// every reader), so the 256-event channel never buffers etcd's ~1 MB values.
+#[tokio::test]
+async fn watch_events_carry_huge_values_cut() {
+    let etcd = Etcd::start();
+    let s = open(&etcd);
+    let listing = s.list(SUBNETS).await.unwrap();
+    let mut w = s.watch(SUBNETS, listing.revision).await.unwrap();
+    let key = format!("{SUBNETS}10.0.1.0-24");
+    let huge = "é".repeat(HUGE / 2);
+    let r = s.put(&key, &huge).await.unwrap();
+    let small = s.put(&small_key(2), "small").await.unwrap();
+    match next(&mut w).await {
+        WatchEvent::Put(e) => {
+            assert_eq!((e.key.as_str(), e.mod_revision), (key.as_str(), r));
+            assert_eq!(
+                e.value.len(),
+                store::MAX_WATCH_VALUE_BYTES + 2,
+                "cut on a character boundary"
+            );
+            assert!(huge.starts_with(&e.value));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(next(&mut w).await, WatchEvent::Put(e) if e.mod_revision == small && e.value == "small"));
+}
+
+async fn next(w: &mut tokio::sync::mpsc::Receiver<WatchEvent>) -> WatchEvent {
+    let ev = tokio::time::timeout(Duration::from_secs(5), w.recv()).await;
+    ev.expect("an event within 5 s").expect("watch open")
+}
+
+/// A watch starting before several ~1 MB changes: etcd sends the catch-up as one response per
+/// batch of revisions, 6 MB here, which the client would refuse (the watch then closed at once,
+/// and the agent re-listed, again and again while someone kept writing such values). The watch
+/// asks etcd to fragment large responses, so every event arrives, in order.
+#[tokio::test]
+async fn a_watch_catching_up_on_huge_values_gets_every_event() {
+    let etcd = Etcd::start();
+    let s = open(&etcd);
+    let listing = s.list(SUBNETS).await.unwrap();
+    let mut want = Vec::new();
+    for i in 0..6 {
+        want.push(s.put(&small_key(i), &"x".repeat(HUGE)).await.unwrap());
+        want.push(s.put(&small_key(100 + i), "small").await.unwrap());
+    }
+    let mut w = s.watch(SUBNETS, listing.revision).await.unwrap();
+    for rev in want {
+        match next(&mut w).await {
+            WatchEvent::Put(e) => {
+                assert_eq!(e.mod_revision, rev);
+                assert!(e.value == "small" || e.value.len() == store::MAX_WATCH_VALUE_BYTES + 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

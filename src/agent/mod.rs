@@ -190,14 +190,7 @@ struct Agent {
 /// A lease entry as the agent keeps it: a value too large to be a lease (refused as `too_large`
 /// anyway) is cut to just over the limit, so a hostile entry costs at most that much memory.
 fn bounded(mut e: Entry) -> Entry {
-    let limit = crate::lease::MAX_LEASE_VALUE_BYTES + 1;
-    if e.value.len() > limit {
-        let cut = (limit..=e.value.len())
-            .find(|&i| e.value.is_char_boundary(i))
-            .unwrap_or(e.value.len());
-        e.value.truncate(cut);
-        e.value.shrink_to_fit();
-    }
+    crate::store::cut_value(&mut e.value, crate::lease::MAX_LEASE_VALUE_BYTES);
     e
 }
 

@@ -149,9 +149,64 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     open(&StoreConfig::parse(url)?)
 }
 
+/// Longest value a watch event carries whole: more than anything weft reads from the store (the
+/// network config, at most `config::MAX_CONFIG_BYTES`, is the largest; leases, endpoints and
+/// claims are at most 4 KiB). A longer value, which only a hostile or foreign writer makes, is
+/// cut by the backend to just over this length (see [`cut`]), so every reader still refuses it
+/// on its length, and a watch channel holds at most its 256 events × 64 KiB (16 MiB), not × the
+/// store's own limit (1.5 MiB a value in etcd, none in SQLite). Listings are not cut: they are
+/// read, used and dropped at once (the agent keeps leases cut to 4 KiB).
+pub const MAX_WATCH_VALUE_BYTES: usize = 64 * 1024;
+
+const _: () = assert!(crate::config::MAX_CONFIG_BYTES <= MAX_WATCH_VALUE_BYTES);
+const _: () = assert!(crate::lease::MAX_LEASE_VALUE_BYTES <= MAX_WATCH_VALUE_BYTES);
+const _: () = assert!(crate::endpoint::MAX_ENDPOINT_VALUE_BYTES <= MAX_WATCH_VALUE_BYTES);
+const _: () = assert!(crate::l2ipam::MAX_CLAIM_VALUE_BYTES <= MAX_WATCH_VALUE_BYTES);
+
+/// `text` if it is at most `max` bytes long, else its shortest prefix longer than `max` that
+/// ends on a character boundary (at most `max + 4` bytes): still recognisably too long.
+pub fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let end = (max + 1..=text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    &text[..end]
+}
+
+/// Cuts `value` in place like [`cut`], giving back the memory it no longer needs.
+pub fn cut_value(value: &mut String, max: usize) {
+    let len = cut(value, max).len();
+    if len < value.len() {
+        value.truncate(len);
+        value.shrink_to_fit();
+    }
+}
+
 /// Time left before `entry` expires (zero if already past), `None` if it never expires.
 pub fn remaining(entry: &Entry, now: SystemTime) -> Option<Duration> {
     entry
         .expires_at
         .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::*;
+
+    #[test]
+    fn cut_keeps_short_text_and_cuts_long_text_just_over_the_limit() {
+        assert_eq!(cut("abc", 3), "abc");
+        assert_eq!(cut("abcd", 3), "abcd");
+        assert_eq!(cut("abcde", 3), "abcd");
+        // Two bytes a character: the cut ends on a boundary, one character over.
+        let text = "é".repeat(10);
+        assert_eq!(cut(&text, 5), "ééé");
+        assert_eq!(cut(&text, 6), "éééé");
+        let mut v = "x".repeat(1 << 20);
+        cut_value(&mut v, MAX_WATCH_VALUE_BYTES);
+        assert_eq!(v.len(), MAX_WATCH_VALUE_BYTES + 1);
+        assert!(v.capacity() < 2 * MAX_WATCH_VALUE_BYTES);
+    }
 }

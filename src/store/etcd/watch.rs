@@ -15,6 +15,11 @@ use tracing::{debug, warn};
 const WATCH_BUFFER: usize = 256;
 
 /// Starts the watch (so that a refused watch is an error here, not a closed channel later).
+///
+/// With `fragment`, etcd splits a response larger than its request limit (1.5 MiB by default)
+/// into several: without it, a watch catching up on a few ~1 MB values gets them in one response
+/// over the client's 4 MiB and breaks at once. The events of the fragments are forwarded as they
+/// come, in order, which is all reassembling them would give.
 pub(super) async fn start(
     mut client: Client,
     store: &str,
@@ -24,7 +29,10 @@ pub(super) async fn start(
     expiries: Expiries,
 ) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {
     let what = format!("watch {prefix:?} after revision {after}");
-    let opts = WatchOptions::new().with_prefix().with_start_revision(after + 1);
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(after + 1)
+        .with_fragment();
     let stream = match tokio::time::timeout(OP_TIMEOUT, client.watch(prefix, Some(opts))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(errors::store_error(store, &what, &e, tls)),
@@ -86,7 +94,8 @@ async fn forward(
 }
 
 /// The events of one response, in revision order. Keys or values that are not UTF-8 cannot be
-/// anything weft wrote or reads; they are skipped.
+/// anything weft wrote or reads; they are skipped. Values are cut to just over
+/// `MAX_WATCH_VALUE_BYTES`, so the channel never buffers etcd's 1.5 MiB values.
 fn events(resp: &WatchResponse, expiries: &Expiries) -> Vec<WatchEvent> {
     resp.events()
         .iter()
@@ -96,7 +105,7 @@ fn events(resp: &WatchResponse, expiries: &Expiries) -> Vec<WatchEvent> {
             match ev.event_type() {
                 EventType::Put => Some(WatchEvent::Put(Entry {
                     key,
-                    value: kv.value_str().ok()?.to_string(),
+                    value: crate::store::cut(kv.value_str().ok()?, crate::store::MAX_WATCH_VALUE_BYTES).to_string(),
                     create_revision: kv.create_revision(),
                     mod_revision: kv.mod_revision(),
                     expires_at: (kv.lease() != 0).then(|| expiries.get(kv.lease())).flatten(),

@@ -5,7 +5,7 @@
 //! with SQLITE_BUSY when a read transaction tries to upgrade. Every write also first deletes the
 //! keys whose TTL has passed, so expiry produces ordinary Delete events with their own revision.
 
-use super::super::{Entry, Listing, Revision, WatchEvent};
+use super::super::{cut_value, Entry, Listing, Revision, WatchEvent, MAX_WATCH_VALUE_BYTES};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,7 +90,9 @@ pub struct PageBound {
 
 /// The watch's page: with the default 10,000-event history and values of any size (the store
 /// does not limit them; the agent refuses leases over 4 KiB only after reading them), one
-/// unbounded read could hold gigabytes.
+/// unbounded read could hold gigabytes. (Values are also cut to just over
+/// `MAX_WATCH_VALUE_BYTES`, so a page of 256 rows could still hold 16 MiB without the byte
+/// bound.)
 pub const WATCH_PAGE: PageBound = PageBound {
     rows: 256,
     bytes: 1 << 20,
@@ -111,7 +113,8 @@ pub enum Changes {
 }
 
 /// One page of the changes under `prefix` after `after`, read lazily (rows are fetched one at a
-/// time and the read stops at the bound: a cut page never reads past it).
+/// time and the read stops at the bound: a cut page never reads past it). Values are cut to just
+/// over `MAX_WATCH_VALUE_BYTES` (in SQL already, so a huge value is never copied out whole).
 pub fn changes_since(
     conn: &mut Connection,
     prefix: &str,
@@ -139,7 +142,7 @@ pub fn changes_since(
     let mut cut = false;
     {
         let mut stmt = tx.prepare_cached(&format!(
-            "SELECT rev, key, value, create_rev, expires_at_ms FROM events
+            "SELECT rev, key, substr(value, 1, :chars) AS value, create_rev, expires_at_ms FROM events
              WHERE rev > :after AND rev <= :head AND {PREFIX_MATCH} ORDER BY rev LIMIT :rows"
         ))?;
         let mut rows = stmt.query(rusqlite::named_params! {
@@ -147,9 +150,14 @@ pub fn changes_since(
             ":head": head,
             ":prefix": prefix,
             ":rows": i64::try_from(rows_max).unwrap_or(i64::MAX),
+            // SQLite counts characters: at most 4 bytes each, cut to bytes below.
+            ":chars": i64::try_from(MAX_WATCH_VALUE_BYTES + 1).unwrap_or(i64::MAX),
         })?;
         while let Some(row) = rows.next()? {
-            let event = event_from_row(row)?;
+            let mut event = event_from_row(row)?;
+            if let WatchEvent::Put(e) = &mut event {
+                cut_value(&mut e.value, MAX_WATCH_VALUE_BYTES);
+            }
             bytes = bytes.saturating_add(event_size(&event));
             events.push(event);
             if events.len() >= rows_max || bytes >= bound.bytes {
