@@ -27,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-cargo build --release --quiet --bin weft --bin weft-cni
+cargo build --release --quiet --bin weft --bin weft-agent --bin weft-cni
 # The runner itself needs no optimisation (the work is in the kernel, iperf3 and the agents).
 cargo build --quiet --example weft-bench
 cleanup

@@ -3,7 +3,7 @@
 //! has every network's device and a route to every other host in every network's table, the
 //! agents' resident memory, and the kernel objects per host.
 //!
-//! `sudo cargo run --release --example many_networks -- [NETWORKS]` (default 100)
+//! `cargo build --release --example many_networks --bin weft --bin weft-agent && sudo ./target/release/examples/many_networks [NETWORKS]` (default 100)
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};

@@ -40,36 +40,23 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    // The agent is one task reacting to events: a single-threaded runtime keeps it small.
-    // The lab drives many namespaces and processes at once and wants the threads.
-    let rt = match cli.command {
-        Command::Agent(_) => {
-            one_malloc_arena();
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?
-        }
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?,
-    };
+    if let Command::Agent(args) = cli.command {
+        // The words after `agent`: the first `agent` is the subcommand (no flag comes before it).
+        let argv = std::env::args_os().skip_while(|a| a != "agent").skip(1).collect();
+        return cli::agent::main(*args, argv);
+    }
+    // The other commands drive many namespaces and processes at once and want the threads.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Agent(args) => cli::agent::run(*args).await,
+            Command::Agent(_) => unreachable!("handled above"),
             Command::Net(cmd) => cli::net::run(*cmd).await,
             Command::Endpoint(cmd) => cli::endpoint::run(*cmd).await,
             Command::Status(args) => cli::status::run(*args).await,
             Command::Lab(cmd) => cli::lab::run(cmd).await,
         }
     })
-}
-
-/// The agent's work is on one thread; glibc would still give each blocking helper thread (store
-/// calls, `nft`) an arena of its own, where memory freed after a large sync stays resident.
-/// One arena keeps the agent's footprint to what it holds (docs/benchmarks.md, footprint).
-fn one_malloc_arena() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets a tuning parameter; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
 }

@@ -693,7 +693,7 @@ fn the_example_config_holds_every_flag_and_is_accepted() {
     }
     // The unit's ExecStart uses that file at its installed place.
     let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/weft.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/weft agent --config /etc/weft/agent.toml"));
+    assert!(unit.contains("ExecStart=/usr/local/bin/weft-agent --config /etc/weft/agent.toml"));
     assert!(
         !unit.lines().any(|l| l.trim_start().starts_with("ExecStop")),
         "stopping must leave the data plane alone"
@@ -792,4 +792,46 @@ async fn net_leases_and_lease_release() {
     let out = weft(&["net", "lease", "release", "10.0.99.0/24", "--yes"], &env, None);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no lease for 10.0.99.0/24"), "{}", stderr(&out));
+}
+
+/// `weft-agent` (what hosts run) is `weft agent`: the same flags, environment and config file,
+/// read the same way.
+#[test]
+fn weft_agent_binary_reads_flags_env_and_file_as_weft_agent_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "agent.toml",
+        "subnet-lease-ttl = \"1h\"\niface = [\"eth1\"]\nresync-interval = \"10s\"\n",
+    );
+    let flags = [
+        "--config",
+        file.as_str(),
+        "--print-config",
+        "--subnet-file",
+        "/flag/subnet.env",
+    ];
+    let env = [("WEFT_RESYNC_INTERVAL", "20s")];
+    let via_weft = effective(&weft(&[&["agent"][..], &flags[..]].concat(), &env, None));
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-agent"))
+        .args(flags)
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    let via_agent = effective(&out);
+    assert_eq!(via_agent, via_weft);
+    assert_eq!(
+        via_agent["subnet-lease-ttl"],
+        ("\"1h\"".to_string(), "file".to_string())
+    );
+    assert_eq!(via_agent["resync-interval"], ("\"20s\"".to_string(), "env".to_string()));
+    assert_eq!(via_agent["subnet-file"].1, "flag");
+    // A bad flag is refused by name, as `weft agent` refuses it.
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-agent"))
+        .args(["--subnet-lease-ttl", "1s", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--no-such-flag"), "{}", stderr(&out));
 }

@@ -3,7 +3,7 @@
 
 use crate::kernel::{Kernel, LinkInfo};
 use ipnet::Ipv4Net;
-use regex::Regex;
+use regex_lite::Regex;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
 #[derive(Debug, Clone, Default)]
@@ -75,24 +75,11 @@ pub async fn select(kernel: &Kernel, opts: &IfaceOptions) -> Result<PublicIface,
             })
             .ok_or_else(|| IfaceError::NotFound(opts.ifaces.join(",")))?
     } else if !opts.regexes.is_empty() {
-        let mut found = None;
-        for pattern in &opts.regexes {
-            let re = Regex::new(pattern).map_err(|e| IfaceError::BadRegex(pattern.clone(), e.to_string()))?;
-            found = addrs
-                .iter()
-                .find(|(_, ip)| re.is_match(&ip.to_string()))
-                .and_then(|(i, ip)| link(*i).map(|l| (l, Some(*ip))))
-                .or_else(|| {
-                    links
-                        .iter()
-                        .find(|l| re.is_match(&l.name))
-                        .map(|l| (l, first_v4(l.index)))
-                });
-            if found.is_some() {
-                break;
-            }
-        }
-        found.ok_or_else(|| IfaceError::NoRegexMatch(opts.regexes.clone()))?
+        let names: Vec<(u32, &str)> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
+        let (index, ip) =
+            by_regex(&opts.regexes, &addrs, &names)?.ok_or_else(|| IfaceError::NoRegexMatch(opts.regexes.clone()))?;
+        let l = link(index).ok_or_else(|| IfaceError::NoRegexMatch(opts.regexes.clone()))?;
+        (l, ip.or_else(|| first_v4(index)))
     } else if let Some(dst) = opts.can_reach {
         let src = source_for(dst).map_err(|e| IfaceError::Unreachable(dst, e.to_string()))?;
         let index =
@@ -125,6 +112,25 @@ pub async fn select(kernel: &Kernel, opts: &IfaceOptions) -> Result<PublicIface,
     })
 }
 
+/// flanneld's `--iface-regex`: each pattern in turn, first against the addresses, then against the
+/// interface names; the first match wins (interface index, and the address if one matched).
+fn by_regex(
+    patterns: &[String],
+    addrs: &[(u32, Ipv4Addr)],
+    names: &[(u32, &str)],
+) -> Result<Option<(u32, Option<Ipv4Addr>)>, IfaceError> {
+    for pattern in patterns {
+        let re = Regex::new(pattern).map_err(|e| IfaceError::BadRegex(pattern.clone(), e.to_string()))?;
+        if let Some((i, ip)) = addrs.iter().find(|(_, ip)| re.is_match(&ip.to_string())) {
+            return Ok(Some((*i, Some(*ip))));
+        }
+        if let Some((i, _)) = names.iter().find(|(_, name)| re.is_match(name)) {
+            return Ok(Some((*i, None)));
+        }
+    }
+    Ok(None)
+}
+
 /// The source address the kernel would pick to reach `dst` (a connected UDP socket sends nothing).
 fn source_for(dst: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
     let sock = UdpSocket::bind("0.0.0.0:0")?;
@@ -132,5 +138,44 @@ fn source_for(dst: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
     match sock.local_addr()?.ip() {
         IpAddr::V4(ip) => Ok(ip),
         IpAddr::V6(_) => Err(std::io::Error::other("IPv6 source")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pats(p: &[&str]) -> Vec<String> {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    const ADDRS: [(u32, Ipv4Addr); 3] = [
+        (1, Ipv4Addr::new(127, 0, 0, 1)),
+        (2, Ipv4Addr::new(192, 0, 2, 10)),
+        (3, Ipv4Addr::new(198, 51, 100, 7)),
+    ];
+    const NAMES: [(u32, &str); 3] = [(1, "lo"), (2, "eth0"), (3, "bond0.100")];
+
+    #[test]
+    fn iface_regex_matches_addresses_before_names_and_patterns_in_order() {
+        // flannel's usual forms: an address range, an interface name pattern.
+        let got = by_regex(&pats(&[r"^198\.51\.100\.\d+$"]), &ADDRS, &NAMES).unwrap();
+        assert_eq!(got, Some((3, Some(Ipv4Addr::new(198, 51, 100, 7)))));
+        let got = by_regex(&pats(&[r"^bond\d+\.\d+$"]), &ADDRS, &NAMES).unwrap();
+        assert_eq!(got, Some((3, None)));
+        // The first pattern that matches anything wins, even if a later one matches earlier.
+        let got = by_regex(&pats(&["^nomatch$", "^eth[0-9]$", "^lo$"]), &ADDRS, &NAMES).unwrap();
+        assert_eq!(got, Some((2, None)));
+        // An address match wins over a name match of the same pattern.
+        let got = by_regex(&pats(&["0"]), &ADDRS, &NAMES).unwrap();
+        assert_eq!(got, Some((1, Some(Ipv4Addr::new(127, 0, 0, 1)))));
+        assert_eq!(by_regex(&pats(&["^wlan"]), &ADDRS, &NAMES).unwrap(), None);
+    }
+
+    #[test]
+    fn a_bad_iface_regex_is_a_clear_error() {
+        let err = by_regex(&pats(&["eth(0"]), &ADDRS, &NAMES).unwrap_err();
+        assert!(matches!(&err, IfaceError::BadRegex(p, _) if p == "eth(0"), "{err}");
+        assert!(err.to_string().starts_with("--iface-regex \"eth(0\": "), "{err}");
     }
 }

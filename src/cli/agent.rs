@@ -100,15 +100,30 @@ struct AgentCommand {
     args: AgentArgs,
 }
 
-/// The command-line words after `agent`.
-fn agent_argv() -> Vec<std::ffi::OsString> {
-    std::env::args_os().skip_while(|a| a != "agent").skip(1).collect()
+/// Runs the agent to the end: `argv` are the command-line words of the agent's flags (after
+/// `weft agent`, or after `weft-agent`), re-read when a config file is layered in.
+pub fn main(args: AgentArgs, argv: Vec<std::ffi::OsString>) -> Result<()> {
+    one_malloc_arena();
+    // The agent is one task reacting to events: a single-threaded runtime keeps it small.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run(args, argv))
 }
 
-pub async fn run(args: AgentArgs) -> Result<()> {
+/// The agent's work is on one thread; glibc would still give each blocking helper thread (store
+/// calls, `nft`) an arena of its own, where memory freed after a large sync stays resident.
+/// One arena keeps the agent's footprint to what it holds (docs/benchmarks.md, footprint).
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a tuning parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+async fn run(args: AgentArgs, argv: Vec<std::ffi::OsString>) -> Result<()> {
     let args = if args.config.is_some() || args.print_config {
         use clap::{CommandFactory, FromArgMatches};
-        let layered = super::config_file::layer(AgentCommand::command(), &agent_argv(), args.config.as_deref())?;
+        let layered = super::config_file::layer(AgentCommand::command(), &argv, args.config.as_deref())?;
         if args.print_config {
             print!("{}", super::config_file::render(&AgentCommand::command(), &layered));
             return Ok(());

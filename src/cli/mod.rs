@@ -11,7 +11,9 @@ use crate::store::etcd::{split_endpoints, EtcdConfig};
 use crate::store::StoreConfig;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Where the network lives: shared by every command that talks to the store. The etcd flags are
 /// flannel's; `--etcd-endpoints` selects etcd, otherwise `--store` is used.
@@ -112,18 +114,63 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
+    /// The log filter: `--log-level`, else `RUST_LOG`, else `info`. `Targets` takes `level` and
+    /// `target=level,…` directives (RUST_LOG's usual form) without EnvFilter's regex engine, a
+    /// large share of the agent's resident code.
+    pub fn filter(&self, rust_log: Option<&str>) -> Result<Targets> {
+        let info = || Targets::new().with_default(tracing::Level::INFO);
+        Ok(match (&self.log_level, rust_log) {
+            (Some(l), _) => l.parse().with_context(|| format!("--log-level {l:?}"))?,
+            (None, Some(l)) => l.parse().unwrap_or_else(|_| info()),
+            (None, None) => info(),
+        })
+    }
+
     pub fn init(&self) -> Result<()> {
-        let filter = match &self.log_level {
-            Some(l) => EnvFilter::try_new(l).with_context(|| format!("--log-level {l:?}"))?,
-            None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        };
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+        let filter = self.filter(std::env::var("RUST_LOG").ok().as_deref())?;
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let registry = tracing_subscriber::registry().with(filter);
         let res = match self.log_format {
-            LogFormat::Text => builder.try_init(),
-            LogFormat::Json => builder.json().try_init(),
+            LogFormat::Text => registry.with(fmt).try_init(),
+            LogFormat::Json => registry.with(fmt.json()).try_init(),
         };
         res.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    fn args(level: Option<&str>) -> LogArgs {
+        LogArgs {
+            log_format: LogFormat::Text,
+            log_level: level.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn log_filter_takes_levels_and_per_target_directives() {
+        let f = args(Some("info,weft::kernel::nft=debug")).filter(None).unwrap();
+        assert!(f.would_enable("weft::kernel::nft::batch", &Level::DEBUG));
+        assert!(!f.would_enable("weft::agent", &Level::DEBUG));
+        assert!(f.would_enable("weft::agent", &Level::INFO));
+        // --log-level wins over RUST_LOG; RUST_LOG over the default; the default is info.
+        let f = args(Some("warn")).filter(Some("trace")).unwrap();
+        assert!(!f.would_enable("weft", &Level::INFO));
+        let f = args(None).filter(Some("weft=debug")).unwrap();
+        assert!(f.would_enable("weft::agent", &Level::DEBUG));
+        assert!(!f.would_enable("rtnetlink", &Level::ERROR), "targets not named are off");
+        let f = args(None).filter(None).unwrap();
+        assert!(f.would_enable("weft", &Level::INFO) && !f.would_enable("weft", &Level::DEBUG));
+    }
+
+    #[test]
+    fn a_bad_log_level_is_a_clear_error_and_a_bad_rust_log_falls_back_to_info() {
+        let err = args(Some("weft=loud")).filter(None).unwrap_err();
+        assert!(format!("{err:#}").starts_with("--log-level \"weft=loud\""), "{err:#}");
+        let f = args(None).filter(Some("weft=loud")).unwrap();
+        assert!(f.would_enable("weft", &Level::INFO));
     }
 }

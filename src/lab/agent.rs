@@ -56,6 +56,21 @@ pub fn weft_bin(explicit: Option<&Path>) -> Result<PathBuf> {
     std::env::current_exe().map_err(LabError::io("finding the weft binary (set WEFT_BIN)"))
 }
 
+/// The command that runs an agent: `weft-agent` next to the weft binary when it is there (what
+/// hosts run: the agent without the CLI and the lab, a smaller resident agent), else `weft
+/// agent`, which runs the same code. Like `weft-cni` for pods, it must come from the same build:
+/// `cargo build` builds both.
+pub fn agent_command(weft_bin: &Path) -> Vec<String> {
+    let lean = weft_bin.with_file_name("weft-agent");
+    if weft_bin.file_name() == lean.file_name() {
+        vec![weft_bin.display().to_string()]
+    } else if lean.is_file() {
+        vec![lean.display().to_string()]
+    } else {
+        vec![weft_bin.display().to_string(), "agent".into()]
+    }
+}
+
 /// Everything needed to start one agent.
 pub struct Launch<'a> {
     pub bin: &'a Path,
@@ -70,14 +85,8 @@ pub struct Launch<'a> {
 
 /// The full command line, for logs and error messages.
 pub fn command_line(l: &Launch) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "ip".into(),
-        "netns".into(),
-        "exec".into(),
-        l.namespace.into(),
-        l.bin.display().to_string(),
-    ];
-    v.push("agent".into());
+    let mut v: Vec<String> = vec!["ip".into(), "netns".into(), "exec".into(), l.namespace.into()];
+    v.extend(agent_command(l.bin));
     match l.store_url.strip_prefix("etcd:") {
         Some(endpoints) => v.extend(["--etcd-endpoints".into(), endpoints.to_string()]),
         None => v.extend(["--store".into(), l.store_url.to_string()]),
@@ -184,4 +193,23 @@ pub fn rss_kb(pid: u32) -> u64 {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_run_weft_agent_when_it_sits_next_to_weft_else_weft_agent_subcommand() {
+        let dir = std::env::temp_dir().join(format!("weft-agent-cmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let weft = dir.join("weft");
+        let s = |p: &Path| p.display().to_string();
+        assert_eq!(agent_command(&weft), vec![s(&weft), "agent".into()]);
+        std::fs::write(dir.join("weft-agent"), b"").unwrap();
+        assert_eq!(agent_command(&weft), vec![s(&dir.join("weft-agent"))]);
+        // $WEFT_BIN may name the agent binary itself.
+        assert_eq!(agent_command(&dir.join("weft-agent")), vec![s(&dir.join("weft-agent"))]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

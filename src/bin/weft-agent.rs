@@ -1,0 +1,29 @@
+//! `weft-agent`: the per-host agent alone (flanneld's role), with exactly `weft agent`'s flags.
+//! It leaves out the store administration, status and lab commands, so the code a running agent
+//! maps is smaller (docs/benchmarks.md, footprint); `weft agent` runs the same agent.
+
+use clap::Parser;
+use std::process::ExitCode;
+use weft::cli::agent::AgentArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "weft-agent",
+    version,
+    about = "The weft per-host agent: a flannel-compatible VXLAN overlay (same flags as `weft agent`)"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: AgentArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match weft::cli::agent::main(cli.args, std::env::args_os().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
