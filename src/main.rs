@@ -15,6 +15,13 @@ struct Cli {
 enum Command {
     /// Run the per-host agent (flanneld's role).
     Agent(Box<cli::agent::AgentArgs>),
+    #[command(flatten)]
+    Tool(Tool),
+}
+
+/// The commands other than the agent: they drive the store, namespaces and processes.
+#[derive(Subcommand)]
+enum Tool {
     /// Administer networks and leases in the store.
     #[command(subcommand)]
     Net(Box<cli::net::NetCommand>),
@@ -39,24 +46,25 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    let cli = Cli::parse();
-    if let Command::Agent(args) = cli.command {
-        // The words after `agent`: the first `agent` is the subcommand (no flag comes before it).
-        let argv = std::env::args_os().skip_while(|a| a != "agent").skip(1).collect();
-        return cli::agent::main(*args, argv);
-    }
+    let tool = match Cli::parse().command {
+        Command::Agent(args) => {
+            // The words after `agent`: the first `agent` is the subcommand (no flag comes before it).
+            let argv = std::env::args_os().skip_while(|a| a != "agent").skip(1).collect();
+            return cli::agent::main(*args, argv);
+        }
+        Command::Tool(tool) => tool,
+    };
     // The other commands drive many namespaces and processes at once and want the threads.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        match cli.command {
-            Command::Agent(_) => unreachable!("handled above"),
-            Command::Net(cmd) => cli::net::run(*cmd).await,
-            Command::Endpoint(cmd) => cli::endpoint::run(*cmd).await,
-            Command::Status(args) => cli::status::run(*args).await,
-            Command::Lab(cmd) => cli::lab::run(cmd).await,
+        match tool {
+            Tool::Net(cmd) => cli::net::run(*cmd).await,
+            Tool::Endpoint(cmd) => cli::endpoint::run(*cmd).await,
+            Tool::Status(args) => cli::status::run(*args).await,
+            Tool::Lab(cmd) => cli::lab::run(cmd).await,
         }
     })
 }
