@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Issue-3 figures with etcd in the lab (one member in the router namespace): time from a new
 # host's agent start until every peer can ping it (median of ROUNDS `weft lab add`s in the 3-host
-# lab), and time until 50 agents started at once all reach each other. Replaces the etcd section
-# of docs/benchmarks.md (the rest stays). Usage: sudo bench/etcd-figures.sh [ROUNDS]  (default 15)
+# lab), and time until 50 agents started at once all reach each other. Rewrites its block
+# (between the etcd-figures markers) of docs/benchmarks.md. Usage: sudo bench/etcd-figures.sh [ROUNDS]  (default 15)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-15}
 name=wbetcd
 weft=./target/release/weft
 source scripts/deps.sh
+source bench/doc-section.sh
 cargo build --release --quiet
 
 $weft lab down --name $name >/dev/null 2>&1 || true
@@ -62,9 +63,8 @@ leases50=$(cat "$leasefile")
 rm -f "$leasefile"
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+commit=$(bench_commit)
 section=$(cat <<MD
-<!-- etcd-figures: written by bench/etcd-figures.sh; this section (to the next heading) is replaced -->
 ## With etcd (issue 3)
 
 Figures from \`sudo bench/etcd-figures.sh $rounds\` (release build). Machine: $(nproc) cores,
@@ -87,22 +87,8 @@ Raw join samples (ms): ${times[*]}
 Raw 50-agent samples (ms): etcd ${etcd50[*]}; SQLite ${sqlite50[*]}
 MD
 )
-marker='<!-- etcd-figures:'
-# The section replaces the old one in place (from its marker to the next `## ` heading after its
-# own); the sections after it stay. Without an old one it goes at the end.
-sectionfile=$(mktemp)
-printf '%s\n' "$section" >"$sectionfile"
-if grep -q "$marker" docs/benchmarks.md; then
-    awk -v m="$marker" -v sec="$sectionfile" '
-        index($0, m) == 1 { while ((getline l < sec) > 0) print l; print ""; skip = 1; heading = 0; next }
-        skip && /^## / { heading++; if (heading > 1) skip = 0 }
-        !skip { print }
-    ' docs/benchmarks.md >docs/benchmarks.md.new && mv docs/benchmarks.md.new docs/benchmarks.md
-else
-    printf '\n' >>docs/benchmarks.md
-    cat "$sectionfile" >>docs/benchmarks.md
-fi
-rm -f "$sectionfile"
-# No blank-line pile-up across reruns.
-cat -s docs/benchmarks.md >docs/benchmarks.md.tmp && mv docs/benchmarks.md.tmp docs/benchmarks.md
-cat docs/benchmarks.md
+block=$(mktemp)
+printf '%s\n\n' "$section" >"$block"
+write_doc_block etcd-figures "$block"
+rm -f "$block"
+printf '%s\n' "$section"

@@ -6,7 +6,7 @@
 #   empty-input an `input` base chain with no rule: the cost of the hook alone
 #   weft        weft's table: `udp dport 8472 ip saddr != @peers counter name vxlan_dropped drop`
 #   ingress     the same rule in a netdev `ingress` chain on eth0 (sees only the outer packets)
-# Writes the table between the filter-cost markers of docs/benchmarks.md.
+# Rewrites its block (between the filter-cost markers) of docs/benchmarks.md.
 # Usage: sudo bench/filter-cost.sh [ROUNDS] [SECONDS]   (default 12 rounds of 3 s per variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ secs=${2:-3}
 name=wbfc
 weft=./target/release/weft
 source scripts/deps.sh
+source bench/doc-section.sh
 cargo build --release --quiet --bin weft --bin weft-agent
 
 $weft lab down --name $name >/dev/null 2>&1 || true
@@ -59,7 +60,7 @@ for ((r = 0; r < rounds; r++)); do
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+commit=$(bench_commit)
 table_md=$(for v in "${variants[@]}"; do echo "$v ${samples[$v]}"; done | python3 -c '
 import statistics, sys
 rows = [l.split() for l in sys.stdin if l.strip()]
@@ -72,25 +73,14 @@ print()
 print("Samples: " + "; ".join(f"{r[0]} " + " ".join(r[1:]) for r in rows))
 ')
 section=$(cat <<MD
-<!-- filter-cost:begin -->
 \`sudo bench/filter-cost.sh $rounds $secs\`: $rounds interleaved rounds of $secs s per variant, 2 cores, kernel
 $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ), commit $commit, load average $load_before before, $load_after after.
 
 $table_md
-<!-- filter-cost:end -->
 MD
 )
-sectionfile=$(mktemp)
-printf '%s\n' "$section" >"$sectionfile"
-if grep -q '<!-- filter-cost:begin -->' docs/benchmarks.md; then
-    awk -v sec="$sectionfile" '
-        /<!-- filter-cost:begin -->/ { while ((getline l < sec) > 0) print l; skip = 1; next }
-        /<!-- filter-cost:end -->/ { skip = 0; next }
-        !skip { print }
-    ' docs/benchmarks.md >docs/benchmarks.md.new && mv docs/benchmarks.md.new docs/benchmarks.md
-else
-    printf '\n' >>docs/benchmarks.md
-    cat "$sectionfile" >>docs/benchmarks.md
-fi
-rm -f "$sectionfile"
+block=$(mktemp)
+printf '%s\n' "$section" >"$block"
+write_doc_block filter-cost "$block"
+rm -f "$block"
 printf '%s\n' "$section"

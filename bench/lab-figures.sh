@@ -8,6 +8,7 @@ rounds=${1:-15}
 name=wbench
 weft=./target/release/weft
 source scripts/deps.sh
+source bench/doc-section.sh
 cargo build --release --quiet
 
 $weft lab down --name $name >/dev/null 2>&1 || true
@@ -54,7 +55,7 @@ rss_mb=$(awk -v k=$(max_of "${rss[@]}") 'BEGIN{printf "%.1f", k / 1024}')
 pss_mb=$(awk -v k=$(max_of "${pss[@]}") 'BEGIN{printf "%.1f", k / 1024}')
 size_mb=$(awk -v b=$(stat -c %s $weft) 'BEGIN{printf "%.1f", b / 1048576}')
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+commit=$(bench_commit)
 block=$(mktemp)
 cat >"$block" <<MD
 Figures from \`sudo bench/lab-figures.sh $rounds\` (release build). Machine: $(nproc) cores,
@@ -76,12 +77,6 @@ the new host programming its peers.
 
 Raw convergence samples (ms): ${times[*]}
 MD
-# Replace only the text between the markers; the other sections belong to other commands.
-awk -v block="$block" '
-    /<!-- lab-figures:begin -->/ { print; while ((getline l < block) > 0) print l; skip = 1; next }
-    /<!-- lab-figures:end -->/ { skip = 0 }
-    !skip' docs/benchmarks.md >docs/benchmarks.md.new
-grep -q '<!-- lab-figures:begin -->' docs/benchmarks.md || { echo '<!-- lab-figures:begin -->'; cat "$block"; echo '<!-- lab-figures:end -->'; } >>docs/benchmarks.md.new
-mv docs/benchmarks.md.new docs/benchmarks.md
+write_doc_block lab-figures "$block"
 cat "$block"
 rm -f "$block"
