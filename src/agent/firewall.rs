@@ -55,7 +55,8 @@ impl FirewallKeeper {
         if self.written.as_ref() == Some(&spec) && !self.check_due {
             return Ok(());
         }
-        // A peer joining or leaving only changes the set: one `nft` run. The full check (list,
+        // A peer joining or leaving only changes the set: one transaction over nfnetlink
+        // (`nft` only if that fails, see `kernel::nft::setelem`). The full check (list,
         // compare, rewrite if needed, read the counter) runs at start, when anything else
         // changed, at every resync, and if the fast path fails.
         if let (Some(old), false) = (&self.written, self.check_due) {
@@ -70,7 +71,7 @@ impl FirewallKeeper {
                     removed: old.peers.difference(&spec.peers).copied().collect(),
                 };
                 // Peers that only left: their entries are gone already, so nothing waits for
-                // the set to shrink; it goes with the next nft run (within `LATER`).
+                // the set to shrink; it goes with the nft task's next round (within `LATER`).
                 let only_removed = matches!(&request, NftRequest::UpdatePeers { added, .. } if added.is_empty());
                 if only_removed && nft.run_later(request.clone(), self.deferred_failed.clone()).is_ok() {
                     metrics.kernel_op("nft", "update", true);

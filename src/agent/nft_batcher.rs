@@ -5,7 +5,8 @@
 //!
 //! Work nobody waits for ([`NftBatcher::run_later`]: taking a departed peer out of a set) rides
 //! along with the next batch, or runs on its own after [`LATER`]: it then never competes with the
-//! kernel work of a change, and a burst of departures costs one `nft` run.
+//! kernel work of a change, and a burst of departures costs one transaction. (A round of set
+//! updates alone goes over nfnetlink without an `nft` run at all: `kernel::nft::setelem`.)
 
 use crate::kernel::nft::{self, NftOutcome, NftRequest};
 use crate::kernel::KernelError;

@@ -7,11 +7,15 @@
 //! when only one is asked about), decides each request against it as [`super::ensure`] would, and
 //! applies all their commands in one transaction. If that fails, the requests are applied one by
 //! one, so one table's error is that table's alone.
+//!
+//! A round of peers set updates only (peers joining or leaving) skips `nft` altogether: it goes
+//! over nfnetlink ([`setelem`]), and to `nft` only if that fails.
 
 use super::compare::canonical;
+use super::setelem::{self, SetChange};
 use super::{
     apply_commands, list_table, nft, objects, parse, peer_commands, peers_update, render, render::table_objects,
-    to_value, Applied, FirewallSpec, COUNTER_VXLAN_DROPPED,
+    to_value, Applied, FirewallSpec, COUNTER_VXLAN_DROPPED, SET_PEERS,
 };
 use crate::kernel::KernelError;
 use serde_json::{json, Value};
@@ -80,6 +84,9 @@ pub fn run_batch(requests: &[NftRequest]) -> Vec<Result<NftOutcome, KernelError>
 
 /// Requests for distinct tables: one listing (if any request needs one), one transaction.
 fn run_round(requests: &[&NftRequest]) -> Vec<Result<NftOutcome, KernelError>> {
+    if let Some(outcomes) = updates_over_netlink(requests) {
+        return outcomes;
+    }
     let listed: Vec<&str> = requests
         .iter()
         .filter(|r| !matches!(r, NftRequest::UpdatePeers { .. }))
@@ -147,6 +154,31 @@ fn run_round(requests: &[&NftRequest]) -> Vec<Result<NftOutcome, KernelError>> {
             Ok(outcome)
         })
         .collect()
+}
+
+/// A round of peers set updates only (peers joining or leaving, the common case) is sent over
+/// netlink by [`setelem`], without an `nft` run. None if the round holds anything else, or if
+/// that failed: then `nft` runs the round as usual and its answer decides.
+fn updates_over_netlink(requests: &[&NftRequest]) -> Option<Vec<Result<NftOutcome, KernelError>>> {
+    let changes = requests
+        .iter()
+        .map(|r| match r {
+            NftRequest::UpdatePeers { table, added, removed } => Some(SetChange {
+                table,
+                set: SET_PEERS,
+                added,
+                removed,
+            }),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    match setelem::apply(&changes) {
+        Ok(()) => Some(vec![Ok(NftOutcome::PeersUpdated); requests.len()]),
+        Err(e) => {
+            tracing::debug!(error = %e, "nft: set update over netlink failed; running nft");
+            None
+        }
+    }
 }
 
 fn op(r: &NftRequest) -> &'static str {

@@ -43,12 +43,14 @@
 //! the packet. A masquerade here, or in another table's chain of the same hook, is final for the
 //! connection (NAT is decided on its first packet by the first NAT rule that matches).
 //!
-//! All functions are blocking (they run the `nft` binary, a few milliseconds) and act in the
-//! network namespace of the *calling thread*, which the `nft` child inherits.
+//! All functions are blocking (they run the `nft` binary, a few milliseconds; peer set updates
+//! go over nfnetlink, see `setelem`) and act in the network namespace of the *calling thread*,
+//! which the `nft` child and the netlink socket inherit.
 
 mod batch;
 mod compare;
 mod render;
+mod setelem;
 #[cfg(test)]
 pub(crate) mod testns;
 #[cfg(test)]
@@ -178,10 +180,10 @@ pub fn ensure(spec: &FirewallSpec) -> Result<Applied, KernelError> {
     }
 }
 
-/// Adds and removes elements of the peers set in one nft transaction, without reading the
-/// table: the fast path for a peer joining or leaving (one `nft` run instead of a list, a
-/// compare and a write). Fails if the table or an element to remove is missing; the caller
-/// then falls back to [`ensure`].
+/// Adds and removes elements of the peers set in one transaction, without reading the table:
+/// the fast path for a peer joining or leaving (a few netlink syscalls, or one `nft` run if
+/// they fail, instead of a list, a compare and a write). Fails if the table or an element to
+/// remove is missing; the caller then falls back to [`ensure`].
 pub fn update_peers(table: &str, added: &[Ipv4Addr], removed: &[Ipv4Addr]) -> Result<(), KernelError> {
     one(NftRequest::UpdatePeers {
         table: table.into(),

@@ -390,3 +390,92 @@ fn a_batch_serves_many_tables_in_one_run_and_keeps_errors_apart() {
     assert!(!tables.contains("weft-b"), "{tables}");
     assert!(!ns.exec_ok("nft list table ip weft-a").contains("198.51.100.9"));
 }
+
+#[test]
+fn set_changes_over_netlink_are_one_transaction_like_nft() {
+    use super::setelem::{apply, SetChange, MAX_ELEMENTS};
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    ensure_in(&ns, &spec());
+    ensure_in(
+        &ns,
+        &FirewallSpec {
+            table: "weft-b".into(),
+            ..spec()
+        },
+    );
+    let ips = |list: &[&str]| list.iter().map(|s| s.parse().unwrap()).collect::<Vec<Ipv4Addr>>();
+    // The set's elements as listed by nft, sorted.
+    let set = |table: &str| {
+        let out = ns.exec_ok(&format!("nft -j list set ip {table} peers"));
+        let v: Value = serde_json::from_str(&out).expect("nft JSON");
+        let mut elems: Vec<String> = objects(&v)
+            .iter()
+            .filter_map(|o| o.get("set")?.get("elem")?.as_array().cloned())
+            .flatten()
+            .filter_map(|e| e.as_str().map(String::from))
+            .collect();
+        elems.sort_by_key(|e| e.parse::<Ipv4Addr>().ok());
+        elems.join(" ")
+    };
+    let run = |changes: Vec<(&'static str, Vec<Ipv4Addr>, Vec<Ipv4Addr>)>| {
+        ns.enter(move || {
+            let changes: Vec<SetChange> = changes
+                .iter()
+                .map(|(table, added, removed)| SetChange {
+                    table,
+                    set: SET_PEERS,
+                    added,
+                    removed,
+                })
+                .collect();
+            apply(&changes)
+        })
+    };
+
+    // Two tables in one transaction; adding an element that is there already is no error.
+    let added = ips(&["192.0.2.10", "198.51.100.2", "203.0.113.7"]);
+    run(vec![
+        ("weft", added.clone(), vec![]),
+        ("weft-b", ips(&["192.0.2.20"]), vec![]),
+    ])
+    .unwrap();
+    assert_eq!(set("weft"), "192.0.2.10 198.51.100.2 203.0.113.7");
+    assert_eq!(set("weft-b"), "192.0.2.20 198.51.100.2");
+    run(vec![("weft", ips(&["203.0.113.8"]), ips(&["192.0.2.10"]))]).unwrap();
+    assert_eq!(set("weft"), "198.51.100.2 203.0.113.7 203.0.113.8");
+
+    // Removing an element that is not there fails the whole transaction, as `nft` does: the
+    // addition in it is not applied either, and the error says why.
+    let e = run(vec![("weft", ips(&["192.0.2.99"]), ips(&["192.0.2.98"]))]).unwrap_err();
+    assert!(e.to_string().contains("No such file or directory"), "{e}");
+    assert_eq!(set("weft"), "198.51.100.2 203.0.113.7 203.0.113.8");
+    // A table that does not exist is an error too, and so is a change too big for one send.
+    let e = run(vec![("weft-missing", ips(&["192.0.2.1"]), vec![])]).unwrap_err();
+    assert!(e.to_string().contains("No such file or directory"), "{e}");
+    let too_many: Vec<Ipv4Addr> = (0..=MAX_ELEMENTS as u32)
+        .map(|i| Ipv4Addr::from(0xc612_0000 + i))
+        .collect();
+    let e = run(vec![("weft", too_many, vec![])]).unwrap_err();
+    assert!(e.to_string().contains("more than"), "{e}");
+
+    // The biggest change that goes over netlink: split into messages, still one transaction.
+    let many: Vec<Ipv4Addr> = (0..MAX_ELEMENTS as u32)
+        .map(|i| Ipv4Addr::from(0xc612_0000 + i))
+        .collect();
+    run(vec![("weft-b", many.clone(), vec![])]).unwrap();
+    assert_eq!(
+        set("weft-b").matches("198.18.").count(),
+        MAX_ELEMENTS,
+        "every element listed"
+    );
+    run(vec![("weft-b", vec![], many)]).unwrap();
+    assert_eq!(set("weft-b"), "192.0.2.20 198.51.100.2");
+
+    // Through the public API (a batch round of set updates only, so the netlink path).
+    let peer = ips(&["192.0.2.55"]);
+    ns.enter(move || update_peers("weft", &peer, &[])).unwrap();
+    assert_eq!(set("weft"), "192.0.2.55 198.51.100.2 203.0.113.7 203.0.113.8");
+}
