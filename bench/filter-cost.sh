@@ -6,6 +6,8 @@
 #   empty-input an `input` base chain with no rule: the cost of the hook alone
 #   weft        weft's table: `udp dport 8472 ip saddr != @peers counter name vxlan_dropped drop`
 #   ingress     the same rule in a netdev `ingress` chain on eth0 (sees only the outer packets)
+#   tcx         no nft table: the same check as an eBPF program on eth0's tc (tcx) ingress
+#               (bench/tcx-filter.py), what the filter would cost outside netfilter
 # Rewrites its block (between the filter-cost markers) of docs/benchmarks.md.
 # Usage: sudo bench/filter-cost.sh [ROUNDS] [SECONDS]   (default 12 rounds of 3 s per variant)
 set -euo pipefail
@@ -32,6 +34,7 @@ table() { # variant -> nft script for the receiver
     none) ;;
     empty-input) printf 'table ip fc {\n chain input { type filter hook input priority filter; policy accept; }\n}\n' ;;
     weft) printf 'table ip fc {\n set peers { type ipv4_addr; elements = { %s } }\n counter vxlan_dropped { }\n chain input {\n  type filter hook input priority filter; policy accept;\n  %s\n }\n}\n' "$peer" "$rule" ;;
+    tcx) ;;
     ingress) printf 'table netdev fc {\n set peers { type ipv4_addr; elements = { %s } }\n counter vxlan_dropped { }\n chain ingress {\n  type filter hook ingress device eth0 priority filter; policy accept;\n  %s\n }\n}\n' "$peer" "$rule" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
     esac
@@ -40,6 +43,8 @@ table() { # variant -> nft script for the receiver
 rate() { # variant -> received packets/s
     ip netns exec $h2 nft delete table ip fc 2>/dev/null || true
     ip netns exec $h2 nft delete table netdev fc 2>/dev/null || true
+    ip netns exec $h2 python3 bench/tcx-filter.py detach eth0
+    [[ $1 != tcx ]] || ip netns exec $h2 python3 bench/tcx-filter.py attach eth0 8472 "$peer"
     local t
     t=$(table "$1")
     [[ -z $t ]] || ip netns exec $h2 nft -f - <<<"$t"
@@ -49,7 +54,16 @@ rate() { # variant -> received packets/s
         python3 -c 'import json,sys; s=json.load(sys.stdin)["end"]["sum"]; print(round((s["packets"]-s["lost_packets"])/s["seconds"]))'
 }
 
-variants=(none empty-input weft ingress)
+# The tcx variant filters for real: with another address as the only peer, the overlay is cut.
+ip netns exec $h2 python3 bench/tcx-filter.py attach eth0 8472 192.0.2.254
+if ip netns exec $h1 ping -c 2 -W 1 -i 0.2 -q "$dst" >/dev/null; then
+    echo "tcx-filter.py did not drop VXLAN from a non-peer" >&2
+    exit 1
+fi
+ip netns exec $h2 python3 bench/tcx-filter.py detach eth0
+ip netns exec $h1 ping -c 2 -W 1 -i 0.2 -q "$dst" >/dev/null
+
+variants=(none empty-input weft ingress tcx)
 declare -A samples
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((r = 0; r < rounds; r++)); do
@@ -65,10 +79,14 @@ table_md=$(for v in "${variants[@]}"; do echo "$v ${samples[$v]}"; done | python
 import statistics, sys
 rows = [l.split() for l in sys.stdin if l.strip()]
 med = {r[0]: statistics.median(map(int, r[1:])) for r in rows}
-print("| receiver'"'"'s filter | UDP 64 B packets/s, median | ÷ none |")
-print("|---|---|---|")
+n = min(len(r) - 1 for r in rows)
+def per_round(r):  # each round'"'"'s ratio to that round'"'"'s `none` sample: median, quartiles
+    q = sorted(int(r[i]) / int(rows[0][i]) for i in range(1, n + 1))
+    return "%.3f (%.3f–%.3f)" % (statistics.median(q), q[n // 4], q[(3 * n) // 4])
+print("| receiver'"'"'s filter | UDP 64 B packets/s, median | ÷ none | per round ÷ none: median (quartiles) |")
+print("|---|---|---|---|")
 for r in rows:
-    print("| %s | %s | %.3f |" % (r[0], format(round(med[r[0]]), ","), med[r[0]] / med[rows[0][0]]))
+    print("| %s | %s | %.3f | %s |" % (r[0], format(round(med[r[0]]), ","), med[r[0]] / med[rows[0][0]], per_round(r)))
 print()
 print("Samples: " + "; ".join(f"{r[0]} " + " ".join(r[1:]) for r in rows))
 ')
