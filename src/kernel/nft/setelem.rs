@@ -188,25 +188,23 @@ fn open() -> Result<Socket, KernelError> {
     Ok(sock)
 }
 
-/// Reads an answer for every sequence number in `want`; the first error answer is the result.
+/// Reads an answer for every sequence number in `want`. The first error answer is the result,
+/// whatever message it answers (an error about the batch itself carries the batch's number).
 fn read_acks(sock: &Socket, mut want: Vec<u32>) -> Result<(), KernelError> {
-    let mut failure = None;
     let mut buf = vec![0u8; 64 * 1024];
     while !want.is_empty() {
         let n = sock
             .recv(&mut &mut buf[..], 0)
             .map_err(|e| err(format!("reading the kernel's answer: {e}")))?;
         for (seq, code) in answers(&buf[..n]) {
-            want.retain(|&s| s != seq);
-            if code != 0 && failure.is_none() {
-                failure = Some(std::io::Error::from_raw_os_error(-code));
+            if code != 0 {
+                let e = std::io::Error::from_raw_os_error(-code);
+                return Err(err(format!("the kernel refused the set change: {e}")));
             }
+            want.retain(|&s| s != seq);
         }
     }
-    match failure {
-        None => Ok(()),
-        Some(e) => Err(err(format!("the kernel refused the set change: {e}"))),
-    }
+    Ok(())
 }
 
 /// The (sequence number, error code) of each NLMSG_ERROR message in a datagram (code 0 is an
@@ -287,6 +285,27 @@ mod tests {
             rest = &rest[len..];
         }
         assert_eq!(kinds, vec![0x10, 0x0a0e, 0x0a0c, 0x0a0c, 0x11]);
+    }
+
+    /// An error about the batch itself (here: a batch for no known subsystem) answers a number
+    /// that was not waited for; it still ends the wait at once, not after the timeout.
+    #[test]
+    fn an_error_about_the_batch_ends_the_wait() {
+        use crate::kernel::nft::testns::{can_run, Netns};
+        if !can_run() {
+            return;
+        }
+        let ip: Ipv4Addr = "192.0.2.10".parse().unwrap();
+        let (mut bytes, acks) = encode(&[change(&[ip], &[])], 1);
+        bytes[18..20].copy_from_slice(&99u16.to_be_bytes()); // BATCH_BEGIN's subsystem
+        let result = Netns::new().enter(move || {
+            let sock = open()?;
+            sock.send(&bytes, 0).map_err(|e| err(e.to_string()))?;
+            read_acks(&sock, acks)
+        });
+        // Had it waited for the timeout, the error would be the timed-out read's.
+        let e = result.unwrap_err().to_string();
+        assert!(e.contains("refused the set change: Invalid argument"), "{e}");
     }
 
     #[test]
