@@ -13,22 +13,23 @@
 //! there fails the whole batch (ENOENT), adding one that is there is no error.
 
 use crate::kernel::KernelError;
+use netlink_packet_core::{
+    ErrorBuffer, NetlinkBuffer, NLA_ALIGNTO, NLA_F_NESTED, NLMSG_ALIGNTO, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_REQUEST,
+};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
+// nfnetlink's and nf_tables' numbers (linux/netfilter/nfnetlink.h, nf_tables.h), which the
+// netlink crates we use do not define.
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFPROTO_IPV4: u8 = 2;
-const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -161,9 +162,7 @@ fn nested(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
+    out.resize(out.len().next_multiple_of(NLA_ALIGNTO), 0);
 }
 
 fn c_string(s: &str) -> Vec<u8> {
@@ -208,20 +207,17 @@ fn read_acks(sock: &Socket, mut want: Vec<u32>) -> Result<(), KernelError> {
 }
 
 /// The (sequence number, error code) of each NLMSG_ERROR message in a datagram (code 0 is an
-/// acknowledgement).
+/// acknowledgement). A cut or malformed message ends the reading.
 fn answers(mut buf: &[u8]) -> Vec<(u32, i32)> {
     let mut found = Vec::new();
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < 16 || len > buf.len() {
-            break;
+    while let Ok(msg) = NetlinkBuffer::new_checked(buf) {
+        if msg.message_type() == NLMSG_ERROR {
+            if let Ok(e) = ErrorBuffer::new_checked(msg.payload()) {
+                found.push((msg.sequence_number(), e.code().map_or(0, |c| c.get())));
+            }
         }
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
-        if kind == NLMSG_ERROR && len >= 20 {
-            found.push((seq, i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]])));
-        }
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        let next = (msg.length() as usize).next_multiple_of(NLMSG_ALIGNTO.into());
+        buf = &buf[next.min(buf.len())..];
     }
     found
 }
