@@ -29,7 +29,7 @@ mod watch;
 pub use config::{split_endpoints, EtcdConfig};
 
 use super::*;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
 use leases::Expiries;
 use std::future::Future;
 use tokio::sync::OnceCell;
@@ -350,19 +350,28 @@ impl Store for EtcdStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let k = key.to_string();
+        // One transaction: the key's lease (keys only: its value may be larger than the client
+        // accepts, and is not needed), then the delete.
+        let txn = Txn::new().and_then([
+            TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
+            TxnOp::delete(key, None),
+        ]);
         let resp = self
-            .call(&format!("delete {key:?}"), |mut c| async move {
-                c.delete(k, Some(etcd_client::DeleteOptions::new().with_prev_key()))
-                    .await
-            })
+            .call(&format!("delete {key:?}"), |mut c| async move { c.txn(txn).await })
             .await?;
-        for kv in resp.prev_kvs() {
-            if kv.lease() != 0 {
-                self.revoke_if_unused(kv.lease()).await;
+        let mut deleted = false;
+        for op in resp.op_responses() {
+            match op {
+                TxnOpResponse::Get(got) => {
+                    for kv in got.kvs().iter().filter(|kv| kv.lease() != 0) {
+                        self.revoke_if_unused(kv.lease()).await;
+                    }
+                }
+                TxnOpResponse::Delete(del) => deleted = del.deleted() > 0,
+                _ => {}
             }
         }
-        Ok(resp.deleted() > 0)
+        Ok(deleted)
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<mpsc::Receiver<WatchEvent>, StoreError> {
