@@ -8,8 +8,9 @@
 //! `weft_vxlan_dropped_packets_total{network=…}`, `/status`) while e2 pings e1 without loss;
 //! (c) the same from h3, a weft host but no peer of the network, is dropped too and never
 //! reaches e1; (d) once e3 is registered on h3, h3 is a peer on h1 and h2 and its frames reach
-//! e1, every one; (e) e3 unregistered, h3 leaves
-//! the sets; (f) `--cleanup` and `weft net delete` remove the table. Needs root; about 15 s.
+//! e1, every one; (e) e3 unregistered, h3 leaves the sets; (e2) h2 forgotten (`weft endpoint
+//! delete --host`), it leaves h1's set and FDB; (f) `--cleanup` and `weft net delete` remove
+//! the table. Needs root; about 15 s.
 
 mod common;
 
@@ -254,6 +255,24 @@ async fn l2_vxlan_only_from_hosts_with_endpoints() {
         peers(&lab, "h2")
     );
     assert!(both(), "e1 <-> e2 after h3 left");
+
+    // (e2) h2 gone for good: `weft endpoint delete --host` removes its endpoint e2, and h2
+    // leaves h1's set and h1's forwarding database.
+    let h2ip = ip_of(&lab, "h2").to_string();
+    let fdb = || sh(&lab, "h1", &["bridge", "fdb", "show", "dev", DEVICE]);
+    assert!(fdb().contains(&format!("{} dst {h2ip}", e2.mac)), "{}", fdb());
+    let said = weft_ok(&lab, &["endpoint", "delete", NET, "--host", &h2ip]);
+    assert!(said.contains(&format!("removed {} {}", e2.mac, e2.ip)), "{said}");
+    let no_peer: &[&str] = &[];
+    assert!(
+        sets_are(&lab, &[("h1", no_peer)]),
+        "h2 still a peer on h1: {:?}",
+        peers(&lab, "h1")
+    );
+    let forgotten = wait_for(Duration::from_secs(5), || !fdb().contains(&e2.mac.to_string()));
+    assert!(forgotten, "h1 still forwards e2 to h2: {}", fdb());
+    let again = weft_ok(&lab, &["endpoint", "delete", NET, "--host", &h2ip]);
+    assert!(again.contains(&format!("nothing of {h2ip} in {NET}")), "{again}");
 
     // (f) `weft agent --cleanup` on h1 removes the table; deleting the network removes it on
     // the others.

@@ -2,8 +2,8 @@
 //!
 //! `add` registers a MAC and IP on a host (only if the MAC is not registered yet, or already on
 //! that host); `move` re-registers it on another host with `Seq + 1` (MAC mobility); `delete`
-//! removes it (and releases its address if weft-cni or `weft lab endpoint` claimed it); `list`
-//! shows them. Every agent of the network follows within milliseconds.
+//! removes it (and releases its address if weft-cni or `weft lab endpoint` claimed it), or with
+//! `--host` everything of a host gone for good; `list` shows them. Every agent of the network follows within milliseconds.
 
 use super::StoreArgs;
 use crate::config::NetworkConfig;
@@ -40,11 +40,18 @@ pub enum EndpointCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Remove endpoint MAC.
+    /// Remove endpoint MAC, or with --host every endpoint of a host that is gone for good.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["mac", "host"])))]
     Delete {
         network: String,
+        /// The endpoint's MAC.
         #[arg(long)]
-        mac: Mac,
+        mac: Option<Mac>,
+        /// Public IP of a host gone for good: remove every endpoint registered on it and release
+        /// every address claimed for its containers (nothing of an L2 network expires by itself).
+        /// A host still running would lose its endpoints.
+        #[arg(long)]
+        host: Option<Ipv4Addr>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -125,7 +132,29 @@ pub async fn run(cmd: EndpointCommand) -> Result<()> {
             println!("moved {mac} {} from {} to {host} (Seq {seq})", ep.ip, have.host);
             Ok(())
         }
-        EndpointCommand::Delete { network, mac, store } => {
+        EndpointCommand::Delete {
+            network,
+            mac: None,
+            host: Some(host),
+            store,
+        } => {
+            let (s, keys, _) = open_l2(&store, &network).await?;
+            let f = crate::l2ipam::store::forget_host(s.as_ref(), &keys.prefix, host).await?;
+            for (mac, ip) in &f.endpoints {
+                println!("removed {mac} {ip} from {network}");
+            }
+            for ip in &f.released {
+                println!("released {ip} (claimed on {host})");
+            }
+            if f == Default::default() {
+                println!("nothing of {host} in {network}");
+            }
+            Ok(())
+        }
+        EndpointCommand::Delete {
+            network, mac, store, ..
+        } => {
+            let mac = mac.context("--mac or --host")?;
             let (s, keys, _) = open_l2(&store, &network).await?;
             let key = endpoint_key(&keys.prefix, mac);
             let had = s.get(&key).await?;

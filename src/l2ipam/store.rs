@@ -77,6 +77,41 @@ fn describe(claim: &Option<Claim>) -> String {
     }
 }
 
+/// What [`forget_host`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The endpoints that were registered on the host: MAC and address.
+    pub endpoints: Vec<(Mac, Ipv4Addr)>,
+    /// The addresses that were claimed for the host's containers, free now.
+    pub released: Vec<Ipv4Addr>,
+}
+
+/// Removes everything of `host` (its public IP) from an L2 network: every endpoint registered
+/// on it, then every address claimed for its containers. For a host that is gone for good:
+/// nothing of an L2 network expires by itself, so otherwise its addresses stay taken and every
+/// other host keeps its entries (and floods to it). The endpoints go first, so an address is
+/// never free while an endpoint still has it.
+pub async fn forget_host(store: &dyn Store, net_prefix: &str, host: Ipv4Addr) -> Result<Forgotten, StoreError> {
+    let mut out = Forgotten::default();
+    for e in store.list(&endpoints_prefix(net_prefix)).await?.entries {
+        // Leniently parsed: an entry the agents reject as invalid is still the host's to go.
+        let Ok(ep) = serde_json::from_str::<Endpoint>(&e.value) else {
+            continue;
+        };
+        if ep.host == host && store.delete(&e.key).await? {
+            info!(mac = %ep.mac, ip = %ep.ip, %host, "endpoint of a forgotten host removed");
+            out.endpoints.push((ep.mac, ep.ip));
+        }
+    }
+    for (ip, claim) in claims(store, net_prefix).await? {
+        if claim.is_some_and(|c| c.host == host) && store.delete(&claim_key(net_prefix, ip)).await? {
+            info!(%ip, %host, "address of a forgotten host released");
+            out.released.push(ip);
+        }
+    }
+    Ok(out)
+}
+
 impl Ipam<'_> {
     /// Claims an address for `container`/`ifname` (`want`, or the lowest free one) and
     /// registers endpoint `mac` with it on this host. Repeated, it returns what the first call
@@ -360,6 +395,55 @@ mod tests {
         assert!(a.check("c1", "eth0", mac(1), ip(2)).await.is_err());
         // .2 is free again, and the lowest.
         assert_eq!(a.add("c3", "eth0", mac(3), None).await.unwrap().ip, ip(2));
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_host_removes_its_endpoints_and_frees_its_addresses() {
+        let (_d, s) = store();
+        let (gone, stays) = (ipam(s.as_ref(), 10), ipam(s.as_ref(), 20));
+        gone.add("c1", "eth0", mac(1), None).await.unwrap();
+        gone.add("c2", "eth0", mac(2), None).await.unwrap();
+        stays.add("c3", "eth0", mac(3), None).await.unwrap();
+        // A claim of the host whose ADD never registered its endpoint, and an endpoint of the
+        // host registered by hand (no claim).
+        let half = Claim {
+            container: "c4".into(),
+            ifname: "eth0".into(),
+            host: gone.host,
+            mac: mac(4),
+        };
+        s.create(&claim_key(P, ip(9)), &half.to_json(), CLAIM_TTL)
+            .await
+            .unwrap();
+        let manual = Endpoint {
+            mac: mac(5),
+            ip: ip(20),
+            host: gone.host,
+            seq: 3,
+        };
+        s.put(&endpoint_key(P, mac(5)), &manual.to_json()).await.unwrap();
+
+        let f = forget_host(s.as_ref(), P, gone.host).await.unwrap();
+        assert_eq!(f.endpoints, vec![(mac(1), ip(1)), (mac(2), ip(2)), (mac(5), ip(20))]);
+        assert_eq!(f.released, vec![ip(1), ip(2), ip(9)]);
+        // The other host's container is untouched, and the freed addresses are taken again
+        // lowest first.
+        stays.check("c3", "eth0", mac(3), ip(3)).await.unwrap();
+        let left: Vec<String> = s
+            .list(&endpoints_prefix(P))
+            .await
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(left, vec![endpoint_key(P, mac(3))]);
+        assert_eq!(stays.add("c6", "eth0", mac(6), None).await.unwrap().ip, ip(1));
+        assert_eq!(
+            forget_host(s.as_ref(), P, gone.host).await.unwrap(),
+            Forgotten::default(),
+            "again: nothing"
+        );
     }
 
     #[tokio::test]
