@@ -1,5 +1,7 @@
-//! weft's nftables table: masquerade (`--ip-masq`), forwarding of overlay traffic, and VXLAN
-//! accepted only from current peers.
+//! weft's nftables table: masquerade (`--ip-masq`), VXLAN accepted only from current peers,
+//! and a named network's boundary. Forwarding is left to the host's own policy: unlike
+//! flannel's FLANNEL-FWD (rules inside iptables' FORWARD chain), an accept in a table of ours
+//! could not override a drop elsewhere.
 //!
 //! Everything of one network lives in one table that weft owns entirely: `ip weft` for the
 //! default network, `ip weft-NAME` for a named one (which also isolates its device: nothing
@@ -38,9 +40,9 @@
 //!
 //! How it coexists with other rulesets (iptables-nft, firewalld, kube-proxy): every table's
 //! base chains on a hook run, ordered by priority. Our chains use the standard priorities and
-//! policy accept, and only ever `accept`, `return`, `masquerade` or drop non-peer VXLAN. An
-//! `accept` here ends evaluation in *our* chain only: a `drop` in another table still drops
-//! the packet. A masquerade here, or in another table's chain of the same hook, is final for the
+//! policy accept, and only ever `return`, `masquerade`, or drop non-peer VXLAN and a named
+//! network's boundary crossings. (An `accept` would end evaluation in *our* chain only: a
+//! `drop` in another table still drops the packet.) A masquerade here, or in another table's chain of the same hook, is final for the
 //! connection (NAT is decided on its first packet by the first NAT rule that matches).
 //!
 //! All functions are blocking (they run the `nft` binary, a few milliseconds; peer set updates
@@ -102,7 +104,7 @@ pub struct FirewallSpec {
     /// the default network's table never drops a tenant's traffic from a host that is the
     /// tenant's peer but not the default network's.
     pub exempt_vnis: BTreeSet<u32>,
-    /// An L3 network's routed traffic: forwarding, masquerade, isolation. `None` for an L2
+    /// An L3 network's routed traffic: masquerade, isolation. `None` for an L2
     /// network, whose table only polices VXLAN (its traffic is bridged, never routed here).
     pub l3: Option<L3Spec>,
 }

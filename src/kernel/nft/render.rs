@@ -78,21 +78,23 @@ pub(super) fn table_objects(spec: &FirewallSpec) -> Vec<NfListObject<'static>> {
             ));
             rules.extend(masq_rules(l3).into_iter().map(|r| rule(t, CHAIN_POSTROUTING, r)));
         }
-        objs.push(base_chain(
-            t,
-            CHAIN_FORWARD,
-            NfChainType::Filter,
-            NfHook::Forward,
-            PRIO_FILTER,
-        ));
+        // Only a named network needs the forward hook. flannel's FLANNEL-FWD accepts have no
+        // equivalent here: an accept cannot override another table's drop, so they changed
+        // nothing and cost every forwarded packet a pass through the hook.
         if let Some(dev) = isolate {
+            objs.push(base_chain(
+                t,
+                CHAIN_FORWARD,
+                NfChainType::Filter,
+                NfHook::Forward,
+                PRIO_FILTER,
+            ));
             rules.extend(
                 forward_isolation_rules(dev)
                     .into_iter()
                     .map(|r| rule(t, CHAIN_FORWARD, r)),
             );
         }
-        rules.extend(forward_rules(l3).into_iter().map(|r| rule(t, CHAIN_FORWARD, r)));
     }
     if spec.filter_vxlan || isolate.is_some() {
         objs.push(base_chain(
@@ -119,7 +121,6 @@ pub(super) fn table_objects(spec: &FirewallSpec) -> Vec<NfListObject<'static>> {
 
 /// A named network's device is a boundary: what arrives on it may only be forwarded back out
 /// of it (to another host of the network), and nothing is forwarded into it from elsewhere.
-/// First in the chain: the flannel accepts below would otherwise end it.
 fn forward_isolation_rules(dev: &str) -> Vec<Vec<Statement<'static>>> {
     vec![
         vec![
@@ -201,15 +202,6 @@ fn masq_rules(l3: &L3Spec) -> Vec<Vec<Statement<'static>>> {
         vec![saddr(Operator::NEQ, net), daddr(Operator::EQ, l3.own_subnet), ret()],
         // From outside (the host itself, say) to other hosts' pods: answers must come back here.
         vec![saddr(Operator::NEQ, net), daddr(Operator::EQ, net), masquerade()],
-    ]
-}
-
-/// flannel's FLANNEL-FWD. Only accepts: a drop elsewhere (another table, another hook) still
-/// wins, and the chain's policy is accept so the host's own forwarding policy is untouched.
-fn forward_rules(l3: &L3Spec) -> Vec<Vec<Statement<'static>>> {
-    vec![
-        vec![saddr(Operator::EQ, l3.network), accept()],
-        vec![daddr(Operator::EQ, l3.network), accept()],
     ]
 }
 
@@ -375,10 +367,6 @@ fn ret() -> Statement<'static> {
     Statement::Return(None)
 }
 
-fn accept() -> Statement<'static> {
-    Statement::Accept(None)
-}
-
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -464,17 +452,17 @@ mod unit {
     fn without_masq_no_nat_chain() {
         let s = json(&spec().with_l3(|l3| l3.ip_masq = false));
         assert!(!s.contains("postrouting") && !s.contains("masquerade"), "{s}");
-        assert!(s.contains(r#""hook":"forward""#), "{s}");
     }
 
     #[test]
-    fn forward_accepts_overlay() {
-        let s = json(&spec());
-        assert!(s.contains(r#""chain":"forward","expr":[{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":{"prefix":{"addr":"10.0.0.0","len":16}},"op":"=="}},{"accept":null}]"#), "{s}");
-        assert!(
-            s.contains(r#""type":"filter","hook":"forward","prio":0,"policy":"accept""#),
-            "{s}"
-        );
+    fn the_default_network_leaves_forwarding_alone() {
+        // No forward chain: its accepts could not override a drop elsewhere, and the hook
+        // costs every forwarded packet.
+        for ip_masq in [true, false] {
+            let s = json(&spec().with_l3(|l3| l3.ip_masq = ip_masq));
+            assert!(!s.contains(r#""hook":"forward""#), "{s}");
+            assert!(!s.contains(r#"{"accept":null}"#), "{s}");
+        }
     }
 
     #[test]
@@ -519,10 +507,20 @@ mod unit {
             "{s}"
         );
         assert!(s.contains(r#""name":"isolation_dropped""#), "{s}");
-        // Forward: the two boundary drops come before flannel's accepts.
-        let drop_at = s.find(r#""right":"weft.100","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}}"#);
-        let accept_at = s.find(r#"{"accept":null}"#);
-        assert!(drop_at.is_some() && drop_at < accept_at, "{s}");
+        // Forward: the two boundary drops, and nothing else.
+        assert!(
+            s.contains(r#""type":"filter","hook":"forward","prio":0,"policy":"accept""#),
+            "{s}"
+        );
+        assert!(
+            s.contains(r#""chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"weft.100","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"weft.100","op":"!="}},{"counter":"isolation_dropped"},{"drop":null}]"#),
+            "{s}"
+        );
+        assert!(
+            s.contains(r#""chain":"forward","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"right":"weft.100","op":"=="}},{"match":{"left":{"meta":{"key":"iifname"}},"right":"weft.100","op":"!="}},{"counter":"isolation_dropped"},{"drop":null}]"#),
+            "{s}"
+        );
+        assert!(!s.contains(r#"{"accept":null}"#), "{s}");
         assert!(
             s.contains(r#""right":"local","op":"!="}},{"counter":"isolation_dropped"},{"drop":null}"#),
             "{s}"

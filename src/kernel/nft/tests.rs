@@ -44,12 +44,12 @@ fn ensure_repair_and_remove() {
         "ip saddr 10.0.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
         "ip saddr != 10.0.0.0/16 ip daddr 10.0.37.0/24 return",
         "type nat hook postrouting priority srcnat; policy accept;",
-        "ip daddr 10.0.0.0/16 accept",
         "udp dport 8472 ip saddr != @peers counter name \"vxlan_dropped\" drop",
         "elements = { 198.51.100.2 }",
     ] {
         assert!(text.contains(want), "{want} missing in\n{text}");
     }
+    assert!(!text.contains("forward"), "{text}");
     assert_eq!(ensure_in(&ns, &s), Applied::Unchanged);
 
     // Hand edits are repaired: a deleted rule, a flushed chain, a foreign rule added.
@@ -63,9 +63,11 @@ fn ensure_repair_and_remove() {
     ns.exec_ok(&format!("nft delete rule ip weft postrouting handle {handle}"));
     assert_eq!(ensure_in(&ns, &s), Applied::Rewritten);
     assert_eq!(listing(&ns), text);
-    ns.exec_ok("nft flush chain ip weft forward");
+    ns.exec_ok("nft flush chain ip weft input");
     assert_eq!(ensure_in(&ns, &s), Applied::Rewritten);
-    ns.exec_ok("nft add rule ip weft forward accept");
+    ns.exec_ok("nft add rule ip weft postrouting accept");
+    assert_eq!(ensure_in(&ns, &s), Applied::Rewritten);
+    ns.exec_ok("nft add chain ip weft forward { type filter hook forward priority 0 ; }");
     assert_eq!(ensure_in(&ns, &s), Applied::Rewritten);
     ns.exec_ok("nft delete chain ip weft input");
     assert_eq!(ensure_in(&ns, &s), Applied::Rewritten);
@@ -229,8 +231,9 @@ fn masquerade_only_leaving_the_overlay() {
     let probe = t.peer.exec_ok("nft list chain ip probe in");
     assert!(probe.contains("counter packets 1 "), "{probe}");
 
-    // Documented limit: our forward `accept` does not override a drop in another table
-    // (Docker's `iptables -P FORWARD DROP`, say), unlike flannel's rule inside that chain.
+    // Documented limit: weft leaves forwarding to the host's policy. A drop in another table
+    // (Docker's `iptables -P FORWARD DROP`, say) drops overlay traffic that flannel's accept
+    // rules inside that chain would let through (see the operator guide).
     t.host.exec_ok("nft add table ip other");
     t.host
         .exec_ok("nft add chain ip other gate { type filter hook forward priority 10 ; policy drop ; }");
@@ -294,7 +297,7 @@ fn vxlan_only_from_peers() {
     assert!(rx2.recv_from(&mut buf).is_ok());
 
     // A rewrite (here: a hand edit repaired) keeps the counter's value.
-    host.exec_ok("nft flush chain ip weft forward");
+    host.exec_ok("nft flush chain ip weft postrouting");
     assert_eq!(ensure_in(&host, &spec()), Applied::Rewritten);
     assert_eq!(host.enter(|| dropped_vxlan_packets(TABLE)).unwrap(), 1);
 
