@@ -3,7 +3,8 @@
 //! `add` registers a MAC and IP on a host (only if the MAC is not registered yet, or already on
 //! that host); `move` re-registers it on another host with `Seq + 1` (MAC mobility); `delete`
 //! removes it (and releases its address if weft-cni or `weft lab endpoint` claimed it), or with
-//! `--host` everything of a host gone for good; `list` shows them. Every agent of the network follows within milliseconds.
+//! `--host` everything of a host gone for good; `list` shows them. Every agent of the network
+//! follows within milliseconds.
 
 use super::StoreArgs;
 use crate::config::NetworkConfig;
@@ -48,8 +49,9 @@ pub enum EndpointCommand {
         #[arg(long)]
         mac: Option<Mac>,
         /// Public IP of a host gone for good: remove every endpoint registered on it and release
-        /// every address claimed for its containers (nothing of an L2 network expires by itself).
-        /// A host still running would lose its endpoints.
+        /// every address claimed for its containers, unless its endpoint moved to another host
+        /// (nothing of an L2 network expires by itself). A host still running would lose its
+        /// endpoints.
         #[arg(long)]
         host: Option<Ipv4Addr>,
         #[command(flatten)]
@@ -154,7 +156,7 @@ pub async fn run(cmd: EndpointCommand) -> Result<()> {
         EndpointCommand::Delete {
             network, mac, store, ..
         } => {
-            let mac = mac.context("--mac or --host")?;
+            let mac = mac.context("give the endpoint's --mac, or --host for every endpoint of a host")?;
             let (s, keys, _) = open_l2(&store, &network).await?;
             let key = endpoint_key(&keys.prefix, mac);
             let had = s.get(&key).await?;

@@ -90,21 +90,30 @@ pub struct Forgotten {
 /// on it, then every address claimed for its containers. For a host that is gone for good:
 /// nothing of an L2 network expires by itself, so otherwise its addresses stay taken and every
 /// other host keeps its entries (and floods to it). The endpoints go first, so an address is
-/// never free while an endpoint still has it.
+/// never free while an endpoint still has it; a claim whose endpoint has moved to another host
+/// (`weft endpoint move`) with its address stays.
 pub async fn forget_host(store: &dyn Store, net_prefix: &str, host: Ipv4Addr) -> Result<Forgotten, StoreError> {
     let mut out = Forgotten::default();
+    // Leniently parsed: an entry the agents reject as invalid is still the host's to go.
+    let mut elsewhere = BTreeSet::new();
     for e in store.list(&endpoints_prefix(net_prefix)).await?.entries {
-        // Leniently parsed: an entry the agents reject as invalid is still the host's to go.
         let Ok(ep) = serde_json::from_str::<Endpoint>(&e.value) else {
             continue;
         };
-        if ep.host == host && store.delete(&e.key).await? {
+        if ep.host != host {
+            elsewhere.insert((ep.mac, ep.ip));
+        } else if store.delete(&e.key).await? {
             info!(mac = %ep.mac, ip = %ep.ip, %host, "endpoint of a forgotten host removed");
             out.endpoints.push((ep.mac, ep.ip));
         }
     }
     for (ip, claim) in claims(store, net_prefix).await? {
-        if claim.is_some_and(|c| c.host == host) && store.delete(&claim_key(net_prefix, ip)).await? {
+        let Some(c) = claim.filter(|c| c.host == host) else {
+            continue;
+        };
+        if elsewhere.contains(&(c.mac, ip)) {
+            info!(%ip, mac = %c.mac, %host, "address of a forgotten host kept: its endpoint moved");
+        } else if store.delete(&claim_key(net_prefix, ip)).await? {
             info!(%ip, %host, "address of a forgotten host released");
             out.released.push(ip);
         }
@@ -422,10 +431,24 @@ mod tests {
             seq: 3,
         };
         s.put(&endpoint_key(P, mac(5)), &manual.to_json()).await.unwrap();
+        // c7's endpoint moved to the other host (`weft endpoint move`): its address is in use.
+        let moved = gone.add("c7", "eth0", mac(7), None).await.unwrap();
+        let there = Endpoint {
+            mac: mac(7),
+            ip: moved.ip,
+            host: stays.host,
+            seq: 1,
+        };
+        s.put(&endpoint_key(P, mac(7)), &there.to_json()).await.unwrap();
 
         let f = forget_host(s.as_ref(), P, gone.host).await.unwrap();
         assert_eq!(f.endpoints, vec![(mac(1), ip(1)), (mac(2), ip(2)), (mac(5), ip(20))]);
         assert_eq!(f.released, vec![ip(1), ip(2), ip(9)]);
+        assert!(
+            s.get(&claim_key(P, moved.ip)).await.unwrap().is_some(),
+            "a moved endpoint's claim released"
+        );
+        assert!(s.get(&endpoint_key(P, mac(7))).await.unwrap().is_some());
         // The other host's container is untouched, and the freed addresses are taken again
         // lowest first.
         stays.check("c3", "eth0", mac(3), ip(3)).await.unwrap();

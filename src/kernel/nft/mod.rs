@@ -42,8 +42,9 @@
 //! base chains on a hook run, ordered by priority. Our chains use the standard priorities and
 //! policy accept, and only ever `return`, `masquerade`, or drop non-peer VXLAN and a named
 //! network's boundary crossings. (An `accept` would end evaluation in *our* chain only: a
-//! `drop` in another table still drops the packet.) A masquerade here, or in another table's chain of the same hook, is final for the
-//! connection (NAT is decided on its first packet by the first NAT rule that matches).
+//! `drop` in another table still drops the packet.) A masquerade here, or in another table's
+//! chain of the same hook, is final for the connection (NAT is decided on its first packet by
+//! the first NAT rule that matches).
 //!
 //! All functions are blocking (they run the `nft` binary, a few milliseconds; peer set updates
 //! go over nfnetlink, see `setelem`) and act in the network namespace of the *calling thread*,
