@@ -6,8 +6,8 @@
 #   sudo bench/run.sh --quick    # smoke run (~1 min): 1 round, labs of 3 and 10, into target/bench-quick/
 #
 # Further options go to the runner (bench/weft-bench.rs): --only dataplane,convergence,footprint
-# --rounds N --secs S --sizes 3,10,30,50 --stores sqlite,etcd --adds N --out DIR; --report-only rewrites the docs and
-# plots from benchmarks.json. WEFT_BENCH_POLL_MS sets the removal watchers' fallback dump interval.
+# --rounds N --secs S --tests tcp1,tcp2,udp64,ping --sizes 3,10,30,50 --stores sqlite,etcd
+# --adds N --out DIR; --report-only rewrites the docs and plots from benchmarks.json. WEFT_BENCH_POLL_MS sets the removal watchers' fallback dump interval.
 # Everything runs inside lab namespaces named wbh-*, wbw-*, wbn-*, wbc-*; they are removed on exit,
 # also after an error or Ctrl-C.
 set -euo pipefail

@@ -45,6 +45,8 @@ struct Cfg {
     stores: Vec<String>,
     adds: usize,
     parts: Vec<String>,
+    /// Data-plane tests to run (all of [`TESTS`] unless `--tests` names some).
+    tests: Vec<String>,
     command: String,
 }
 
@@ -70,6 +72,7 @@ fn parse_args() -> Result<Cfg> {
         },
         adds: if quick { 3 } else { 7 },
         parts: vec!["dataplane".into(), "convergence".into(), "footprint".into()],
+        tests: TESTS.iter().map(|t| t.to_string()).collect(),
         command: std::env::var("WEFT_BENCH_COMMAND")
             .unwrap_or_else(|_| format!("sudo bench/run.sh{}", if quick { " --quick" } else { "" })),
     };
@@ -87,6 +90,12 @@ fn parse_args() -> Result<Cfg> {
             "--stores" => cfg.stores = val()?.split(',').map(String::from).collect(),
             "--report-only" => cfg.parts = Vec::new(),
             "--only" => cfg.parts = val()?.split(',').map(String::from).collect(),
+            "--tests" => {
+                cfg.tests = val()?.split(',').map(String::from).collect();
+                if let Some(t) = cfg.tests.iter().find(|t| !TESTS.contains(&t.as_str())) {
+                    bail!("unknown test {t:?}: one of {}", TESTS.join(","));
+                }
+            }
             other => bail!("unknown argument {other:?} (see bench/run.sh)"),
         }
     }
@@ -115,6 +124,28 @@ fn sh(argv: &[&str]) -> Result<String> {
 
 fn median(v: &[f64]) -> f64 {
     quantile(v, 0.5)
+}
+
+/// A distribution-free 95 % confidence interval of the median: the order statistics x(k) and
+/// x(n+1-k) with the largest k for which P(Binomial(n, ½) < k) ≤ 2.5 %. None below 6 samples,
+/// where no such k exists.
+fn median_ci95(v: &[f64]) -> Option<(f64, f64)> {
+    let n = v.len();
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    // P(Binomial(n, ½) ≤ j), summed term by term.
+    let mut term = 0.5f64.powi(n as i32);
+    let mut below = 0.0;
+    let mut k = 0;
+    for j in 0..n {
+        below += term;
+        if below > 0.025 {
+            break;
+        }
+        k = j + 1;
+        term *= (n - j) as f64 / (j + 1) as f64;
+    }
+    (k >= 1).then(|| (s[k - 1], s[n - k]))
 }
 
 /// Nearest-rank quantile of the samples (NaN for none).
@@ -407,6 +438,29 @@ fn device_facts(ns: &str) -> Value {
     })
 }
 
+/// The data-plane ratios reported: (key, numerator setup, denominator setup).
+const PAIRS: [(&str, &str, &str); 4] = [
+    ("hand_over_underlay", "hand", "underlay"),
+    ("weft_over_hand", "weft", "hand"),
+    ("weft_nofilter_over_hand", "weft_nofilter", "hand"),
+    ("weft_over_weft_nofilter", "weft", "weft_nofilter"),
+];
+
+/// Per-round ratios of one test between two setups (same round, measured one right after the
+/// other): robust against the load drifting between rounds. `samples` is
+/// `{setup: {test: [value per round]}}`.
+fn round_ratios(samples: &Value, a: &str, b: &str, test: &str) -> Vec<f64> {
+    let values = |setup: &str| -> Vec<f64> {
+        samples[setup][test]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect()
+    };
+    values(a).iter().zip(values(b)).map(|(x, y)| x / y).collect()
+}
+
 async fn dataplane(cfg: &Cfg) -> Result<Value> {
     let t_start = Instant::now();
     let hand = Lab::up(LabOptions::topology_only(LAB_HAND, 2).weft_bin(&cfg.weft_bin)).await?;
@@ -474,7 +528,7 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
     let mut raw = Vec::new();
     let result = (|| -> Result<()> {
         for r in 0..cfg.rounds {
-            for test in TESTS {
+            for test in cfg.tests.iter().map(String::as_str) {
                 for k in 0..setups.len() {
                     let s = &setups[(k + r) % setups.len()];
                     let (v, detail) = if test == "ping" {
@@ -504,41 +558,33 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
     let mut medians = serde_json::Map::new();
     for s in &setups {
         let mut m = serde_json::Map::new();
-        for t in TESTS {
+        for t in cfg.tests.iter().map(String::as_str) {
             m.insert(t.into(), json!(med(s.key, t)));
         }
         medians.insert(s.key.into(), Value::Object(m));
     }
-    // Per-round ratios of the neighbouring measurements (same round, same test, one after the
-    // other): robust against the load drifting between rounds.
-    let paired = |a: &str, b: &str, t: &str| -> f64 {
-        let r: Vec<f64> = samples[a][t].iter().zip(&samples[b][t]).map(|(x, y)| x / y).collect();
-        median(&r)
-    };
+    let samples_json = json!(samples);
     let mut paired_ratios = serde_json::Map::new();
-    for t in TESTS {
-        paired_ratios.insert(
-            t.into(),
-            json!({
-                "hand_over_underlay": paired("hand", "underlay", t),
-                "weft_over_hand": paired("weft", "hand", t),
-                "weft_nofilter_over_hand": paired("weft_nofilter", "hand", t),
-                "weft_over_weft_nofilter": paired("weft", "weft_nofilter", t),
-            }),
-        );
+    // How far the per-round median can be trusted: a 95 % interval from the rounds themselves.
+    let mut paired_ci95 = serde_json::Map::new();
+    for t in cfg.tests.iter().map(String::as_str) {
+        let (mut m, mut ci) = (serde_json::Map::new(), serde_json::Map::new());
+        for (key, a, b) in PAIRS {
+            let r = round_ratios(&samples_json, a, b, t);
+            m.insert(key.into(), json!(median(&r)));
+            ci.insert(key.into(), json!(median_ci95(&r).map(|(lo, hi)| [lo, hi])));
+        }
+        paired_ratios.insert(t.into(), Value::Object(m));
+        paired_ci95.insert(t.into(), Value::Object(ci));
     }
     let mut ratios = serde_json::Map::new();
-    for t in TESTS {
+    for t in cfg.tests.iter().map(String::as_str) {
         // For RTT a ratio > 1 is worse; for throughput < 1 is worse.
-        ratios.insert(
-            t.into(),
-            json!({
-                "hand_over_underlay": med("hand", t) / med("underlay", t),
-                "weft_over_hand": med("weft", t) / med("hand", t),
-                "weft_nofilter_over_hand": med("weft_nofilter", t) / med("hand", t),
-                "weft_over_weft_nofilter": med("weft", t) / med("weft_nofilter", t),
-            }),
-        );
+        let m: serde_json::Map<String, Value> = PAIRS
+            .iter()
+            .map(|(key, a, b)| (key.to_string(), json!(med(a, t) / med(b, t))))
+            .collect();
+        ratios.insert(t.into(), Value::Object(m));
     }
     Ok(json!({
         "rounds": cfg.rounds,
@@ -549,6 +595,7 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
         "medians": medians,
         "ratios": ratios,
         "paired_ratios": paired_ratios,
+        "paired_ci95": paired_ci95,
         "samples": samples,
         "raw": raw,
         "devices": facts,
@@ -833,6 +880,25 @@ fn f(x: &Value, digits: usize) -> String {
     }
 }
 
+/// A data-plane ratio for the report: of the medians, then the median of the per-round ratios
+/// and its 95 % interval (`0.953 (0.947, 0.91–0.98)`).
+fn ratio_cell(dp: &Value, test: &str, key: &str) -> String {
+    // From the samples, so a report rewritten from an older run's JSON has it too.
+    let (a, b) = PAIRS
+        .iter()
+        .find(|(k, ..)| *k == key)
+        .map_or(("", ""), |(_, a, b)| (*a, *b));
+    let ci = match median_ci95(&round_ratios(&dp["samples"], a, b, test)) {
+        Some((lo, hi)) => format!(", {lo:.2}–{hi:.2}"),
+        None => String::new(),
+    };
+    format!(
+        "{} ({}{ci})",
+        f(&dp["ratios"][test][key], 3),
+        f(&dp["paired_ratios"][test][key], 3)
+    )
+}
+
 fn meta_line(meta: &Value) -> String {
     format!(
         "\nMeasured by `{}` on {} (commit {}) in {:.0} s; load average (1, 5, 15 min) {} before, {} after.\n\n",
@@ -865,20 +931,20 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
     let dp = &r["dataplane"];
     if dp.is_object() {
         let rt = &dp["ratios"];
-        s += &format!("| data plane, TCP 1 stream, weft ÷ hand-configured VXLAN (median of per-round ratios {}) | **{}** | ≥ 0.97 | hand VXLAN ÷ underlay {} (anchor ≈ 0.87) |\n", f(&dp["paired_ratios"]["tcp1"]["weft_over_hand"], 3), f(&rt["tcp1"]["weft_over_hand"], 3), f(&rt["tcp1"]["hand_over_underlay"], 3));
-        s += &format!(
-            "| data plane, TCP 2 streams, weft ÷ hand VXLAN | **{}** | ≥ 0.97 | hand ÷ underlay {} |\n",
-            f(&rt["tcp2"]["weft_over_hand"], 3),
-            f(&rt["tcp2"]["hand_over_underlay"], 3)
-        );
-        s += &format!(
-            "| data plane, UDP 64 B packets/s, weft ÷ hand VXLAN | **{}** | ≥ 0.97 | hand ÷ underlay {} |\n",
-            f(&rt["udp64"]["weft_over_hand"], 3),
-            f(&rt["udp64"]["hand_over_underlay"], 3)
-        );
+        for (t, what, anchor) in [
+            ("tcp1", "TCP 1 stream", " (anchor ≈ 0.87)"),
+            ("tcp2", "TCP 2 streams", ""),
+            ("udp64", "UDP 64 B packets/s", ""),
+        ] {
+            s += &format!(
+                "| data plane, {what}, weft ÷ hand-configured VXLAN | **{}** | ≥ 0.97 | hand VXLAN ÷ underlay {}{anchor} |\n",
+                ratio_cell(dp, t, "weft_over_hand"),
+                f(&rt[t]["hand_over_underlay"], 3)
+            );
+        }
         s += &format!(
             "| ping RTT, weft ÷ hand VXLAN (lower is better) | **{}** | | hand ÷ underlay {} |\n",
-            f(&rt["ping"]["weft_over_hand"], 3),
+            ratio_cell(dp, "ping", "weft_over_hand"),
             f(&rt["ping"]["hand_over_underlay"], 3)
         );
     }
@@ -920,6 +986,11 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
         );
     }
     s += "| lease contention, 50 agents at once against etcd (part 5) | see [its section](#5-lease-contention-etcd) | ≤ 3 s | |\n\n";
+    if dp.is_object() {
+        s += "Data-plane ratios: of the medians, then in brackets the median of the per-round ratios and \
+              its 95 % interval (from the rounds' order statistics). A ratio meets its target only when \
+              the whole interval is on the right side of it.\n\n";
+    }
     blocks.push(("weft-bench:summary", std::mem::take(&mut s)));
 
     if dp.is_object() {
@@ -941,7 +1012,7 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
                 f(&md["ping"], 3)
             );
         }
-        s += "\nRatios: of the medians, and in brackets the median of the per-round ratios (each pair measured one right after the other):\n\n| ratio | TCP 1 | TCP 2 | UDP 64 B | ping RTT |\n|---|---|---|---|---|\n";
+        s += "\nRatios: of the medians, and in brackets the median of the per-round ratios (each pair measured one right after the other) with its 95 % interval (order statistics of the rounds; none below 6 rounds):\n\n| ratio | TCP 1 | TCP 2 | UDP 64 B | ping RTT |\n|---|---|---|---|---|\n";
         for (key, label) in [
             ("hand_over_underlay", "hand VXLAN ÷ underlay"),
             ("weft_over_hand", "**weft ÷ hand VXLAN**"),
@@ -951,13 +1022,7 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
                 "weft ÷ weft without peer filter (cost of the nft table)",
             ),
         ] {
-            let c = |t: &str| {
-                format!(
-                    "{} ({})",
-                    f(&dp["ratios"][t][key], 3),
-                    f(&dp["paired_ratios"][t][key], 3)
-                )
-            };
+            let c = |t: &str| ratio_cell(dp, t, key);
             s += &format!(
                 "| {label} | {} | {} | {} | {} |\n",
                 c("tcp1"),
@@ -1157,4 +1222,32 @@ async fn main() -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_interval_is_made_of_order_statistics() {
+        // n = 10: P(Bin(10, ½) ≤ 1) = 11/1024 ≤ 2.5 % < P(≤ 2), so k = 2: x(2) and x(9).
+        let v: Vec<f64> = (1..=10).rev().map(f64::from).collect();
+        assert_eq!(median_ci95(&v), Some((2.0, 9.0)));
+        // n = 60: k = 22 (P(≤ 21) = 1.4 %, P(≤ 22) = 2.7 %): x(22) and x(39).
+        let v: Vec<f64> = (1..=60).map(f64::from).collect();
+        assert_eq!(median_ci95(&v), Some((22.0, 39.0)));
+        // Too few rounds for a 95 % interval: P(Bin(5, ½) = 0) = 3.1 %.
+        assert_eq!(median_ci95(&[1.0, 2.0, 3.0, 4.0, 5.0]), None);
+        assert_eq!(median_ci95(&[]), None);
+        // n = 6 is the first with one: P(Bin(6, ½) = 0) = 1.6 %.
+        assert_eq!(median_ci95(&[6.0, 5.0, 4.0, 3.0, 2.0, 1.0]), Some((1.0, 6.0)));
+    }
+
+    #[test]
+    fn round_ratios_pair_the_same_rounds() {
+        let samples = json!({"weft": {"udp64": [90.0, 100.0]}, "hand": {"udp64": [100.0, 80.0]}});
+        assert_eq!(round_ratios(&samples, "weft", "hand", "udp64"), vec![0.9, 1.25]);
+        // A test that was not run has no ratios (and so no interval).
+        assert!(round_ratios(&samples, "weft", "hand", "tcp1").is_empty());
+    }
 }
