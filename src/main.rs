@@ -46,11 +46,17 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    let tool = match Cli::parse().command {
+    let mut words: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The agent's words as flanneld would take them (`-etcd-endpoints=…`, Go's one-dash form).
+    let agent = words.get(1).is_some_and(|w| w == "agent");
+    if agent {
+        let flags = cli::flanneld::go_style_args(words.split_off(2));
+        words.extend(flags);
+    }
+    let tool = match Cli::parse_from(&words).command {
         Command::Agent(args) => {
-            // The words after `agent`: the first `agent` is the subcommand (no flag comes before it).
-            let argv = std::env::args_os().skip_while(|a| a != "agent").skip(1).collect();
-            return cli::agent::main(*args, argv);
+            // The words after `agent`, re-read when a config file is layered in.
+            return cli::agent::main(*args, words.split_off(2));
         }
         Command::Tool(tool) => tool,
     };

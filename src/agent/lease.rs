@@ -32,9 +32,10 @@ impl OwnLease {
         }
     }
 
-    /// When to renew: flannel renews an hour before expiry; short TTLs renew at half-life.
-    pub fn renew_at(&self, ttl: Duration) -> Option<SystemTime> {
-        let margin = (ttl / 2).min(Duration::from_secs(3600));
+    /// When to renew: `margin` before expiry (flannel's `--subnet-lease-renew-margin`, an hour by
+    /// default); short TTLs renew at half-life.
+    pub fn renew_at(&self, ttl: Duration, margin: Duration) -> Option<SystemTime> {
+        let margin = (ttl / 2).min(margin);
         self.expires_at.map(|t| t - margin)
     }
 }
@@ -157,6 +158,36 @@ mod tests {
             preferred: Some("10.50.1.0/24".parse().unwrap()),
             avoid,
         }
+    }
+
+    #[test]
+    fn renewal_is_the_margin_before_expiry_or_half_life() {
+        let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let own = OwnLease {
+            key: "k".into(),
+            subnet: "10.50.1.0/24".parse().unwrap(),
+            value: String::new(),
+            revision: 1,
+            expires_at: Some(expires),
+        };
+        let (hour, day) = (Duration::from_secs(3600), Duration::from_secs(86_400));
+        // flannel's default: an hour before a day-long lease ends; a margin of 30 minutes.
+        assert_eq!(own.renew_at(day, hour), Some(expires - hour));
+        assert_eq!(own.renew_at(day, hour / 2), Some(expires - hour / 2));
+        // A short lease renews at half-life, whatever the margin.
+        assert_eq!(
+            own.renew_at(Duration::from_secs(60), hour),
+            Some(expires - Duration::from_secs(30))
+        );
+        // A lease that never expires is never renewed.
+        assert_eq!(
+            OwnLease {
+                expires_at: None,
+                ..own
+            }
+            .renew_at(day, hour),
+            None
+        );
     }
 
     #[tokio::test]

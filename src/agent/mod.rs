@@ -56,6 +56,8 @@ pub struct AgentOptions {
     pub iface: IfaceOptions,
     pub subnet_file: PathBuf,
     pub lease_ttl: Duration,
+    /// Renew the lease this long before it expires (at most half its lifetime before).
+    pub renew_margin: Duration,
     pub resync_interval: Duration,
     pub ip_masq: bool,
     /// Accept VXLAN only from current peers' public IPs (nftables set).
@@ -470,7 +472,7 @@ impl Agent {
         let renew = self
             .own
             .as_ref()
-            .and_then(|o| o.renew_at(self.opts.lease_ttl))
+            .and_then(|o| o.renew_at(self.opts.lease_ttl, self.opts.renew_margin))
             .map(|t| Instant::now() + t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
         [Some(far), renew, self.retry_at]
             .into_iter()
@@ -660,7 +662,9 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let ttl = self.opts.lease_ttl;
         if let Some(own) = &self.own {
-            let due = own.renew_at(ttl).is_some_and(|t| t <= SystemTime::now());
+            let due = own
+                .renew_at(ttl, self.opts.renew_margin)
+                .is_some_and(|t| t <= SystemTime::now());
             if own.value == value && !due {
                 return Ok(());
             }

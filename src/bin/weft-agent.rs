@@ -5,6 +5,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use weft::cli::agent::AgentArgs;
+use weft::cli::flanneld::go_style_args;
 
 #[derive(Parser)]
 #[command(
@@ -18,8 +19,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match weft::cli::agent::main(cli.args, std::env::args_os().skip(1).collect()) {
+    // flanneld's `-etcd-endpoints=…` (Go's one-dash form) as `--etcd-endpoints=…`.
+    let argv = go_style_args(std::env::args_os().skip(1));
+    let program = std::env::args_os().next().unwrap_or_else(|| "weft-agent".into());
+    let cli = Cli::parse_from(std::iter::once(program).chain(argv.iter().cloned()));
+    match weft::cli::agent::main(cli.args, argv) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft-agent: {e:#}");

@@ -47,7 +47,8 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_SUBNET_FILE", default_value = "/run/flannel/subnet.env")]
     pub subnet_file: PathBuf,
 
-    /// Lifetime of the subnet lease; renewed well before it ends (1 h before, or at half-life).
+    /// Lifetime of the subnet lease; renewed well before it ends (--subnet-lease-renew-margin
+    /// before, 1 h by default, or at half-life).
     #[arg(long, env = "WEFT_SUBNET_LEASE_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub subnet_lease_ttl: Duration,
 
@@ -55,8 +56,11 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_RESYNC_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
 
-    /// Masquerade traffic from the overlay to destinations outside it (flannel's --ip-masq).
-    #[arg(long, env = "WEFT_IP_MASQ")]
+    /// Masquerade traffic from the overlay to destinations outside it (flannel's --ip-masq;
+    /// `--ip-masq=true|false` as flanneld takes it works too).
+    #[arg(long, env = "WEFT_IP_MASQ", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, default_value_t = false,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub ip_masq: bool,
 
     /// Accept VXLAN only from current peers' public IPs (an nftables set that follows the leases;
@@ -83,6 +87,9 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub log: super::LogArgs,
+
+    #[command(flatten)]
+    pub flanneld: super::flanneld::FlanneldArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +139,16 @@ async fn run(args: AgentArgs, argv: Vec<std::ffi::OsString>) -> Result<()> {
     } else {
         args
     };
-    args.log.init()?;
+    let flanneld = args.flanneld.map(args.healthz_addr)?;
+    let mut log = args.log.clone();
+    // --log-level, then flanneld's -v, then RUST_LOG.
+    if log.log_level.is_none() {
+        log.log_level = flanneld.log_level.map(String::from);
+    }
+    log.init()?;
+    for warning in &flanneld.warnings {
+        tracing::warn!("{warning}");
+    }
     if args.subnet_lease_ttl < Duration::from_secs(2) {
         anyhow::bail!(
             "--subnet-lease-ttl {:?} is too short (at least 2s)",
@@ -153,6 +169,7 @@ async fn run(args: AgentArgs, argv: Vec<std::ffi::OsString>) -> Result<()> {
         },
         subnet_file: args.subnet_file,
         lease_ttl: args.subnet_lease_ttl,
+        renew_margin: flanneld.renew_margin,
         resync_interval: args.resync_interval,
         ip_masq: args.ip_masq,
         vxlan_peer_filter: args.vxlan_peer_filter,
@@ -161,7 +178,7 @@ async fn run(args: AgentArgs, argv: Vec<std::ffi::OsString>) -> Result<()> {
             OffloadArg::On => TxChecksumPolicy::ForceOn,
             OffloadArg::Off => TxChecksumPolicy::ForceOff,
         },
-        healthz_addr: args.healthz_addr,
+        healthz_addr: args.healthz_addr.or(flanneld.healthz_addr),
         networks: args.networks,
     };
     if args.cleanup {

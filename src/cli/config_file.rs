@@ -132,12 +132,15 @@ pub fn render(cmd: &Command, layered: &Layered) -> String {
             || arg
                 .get_possible_values()
                 .iter()
+                .filter(|v| !v.is_hide_set()) // `--ip-masq` also takes yes/no/1/0, hidden
                 .map(|v| v.get_name())
                 .eq(["true", "false"]);
         let shown = if SECRET.contains(&long) && !values.is_empty() {
             "\"****\"".to_string()
         } else if boolean && values.len() == 1 {
-            values[0].clone()
+            // As clap's boolish parser reads it (`WEFT_IP_MASQ=1`), so the line is valid TOML.
+            let on = ["y", "yes", "t", "true", "on", "1"].contains(&values[0].to_ascii_lowercase().as_str());
+            on.to_string()
         } else if values.len() == 1 && !matches!(arg.get_action(), clap::ArgAction::Append) {
             format!("{:?}", values[0])
         } else if values.is_empty() && source == "unset" {

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod config_file;
 pub mod endpoint;
+pub mod flanneld;
 pub mod lab;
 pub mod net;
 pub mod status;
