@@ -50,6 +50,7 @@ fn run() -> Result<()> {
     // The agent's words as flanneld would take them (`-etcd-endpoints=…`, Go's one-dash form).
     let agent = words.get(1).is_some_and(|w| w == "agent");
     if agent {
+        cli::agent::take_flanneld_env();
         let flags = cli::flanneld::go_style_args(words.split_off(2));
         words.extend(flags);
     }

@@ -114,3 +114,38 @@ fn what_weft_cannot_do_is_refused_before_anything_starts() {
     assert!(text.contains("ip-masq = true  # flag"), "{text}");
     assert!(text.contains("v = \"1\"  # flag"), "{text}");
 }
+
+/// flanneld's `FLANNELD_*` variables count as the flags (below weft's own `WEFT_*`).
+#[test]
+fn flanneld_environment_variables_are_read() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-agent"))
+        .arg("--print-config")
+        .env_clear()
+        .envs([
+            ("FLANNELD_ETCD_PREFIX", "/flannel/network"),
+            ("FLANNELD_IP_MASQ", "true"),
+            ("FLANNELD_HEALTHZ_PORT", "8471"),
+            ("FLANNELD_IFACE", "eth2"),
+            ("WEFT_IFACE", "eth1"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("etcd-prefix = \"/flannel/network\"  # env"), "{text}");
+    assert!(text.contains("ip-masq = true  # env"), "{text}");
+    assert!(text.contains("healthz-port = \"8471\"  # env"), "{text}");
+    assert!(
+        text.contains("iface = [\"eth1\"]  # env"),
+        "weft's own variable wins: {text}"
+    );
+    // And what weft refuses, it refuses from the environment too.
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-agent"))
+        .arg("--store=sqlite:/nonexistent/weft-test/store.db")
+        .env_clear()
+        .env("FLANNELD_KUBE_SUBNET_MGR", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--kube-subnet-mgr"));
+}

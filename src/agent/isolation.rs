@@ -113,6 +113,14 @@ impl HostSubnets {
             .unwrap_or_default()
     }
 
+    /// Every subnet this host holds, in any network.
+    pub fn subnets(&self) -> Vec<Ipv4Net> {
+        self.inner
+            .lock()
+            .map(|c| c.by_network.values().map(|(s, _)| *s).collect())
+            .unwrap_or_default()
+    }
+
     /// The subnets held in every network but `name`.
     pub fn others(&self, name: &str) -> Vec<Ipv4Net> {
         self.inner

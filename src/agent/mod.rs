@@ -8,6 +8,7 @@
 pub mod cleanup;
 pub mod device;
 mod firewall;
+mod forward_check;
 pub mod http;
 pub mod iface;
 pub mod isolation;

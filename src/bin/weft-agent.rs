@@ -19,6 +19,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    weft::cli::agent::take_flanneld_env();
     // flanneld's `-etcd-endpoints=…` (Go's one-dash form) as `--etcd-endpoints=…`.
     let argv = go_style_args(std::env::args_os().skip(1));
     let program = std::env::args_os().next().unwrap_or_else(|| "weft-agent".into());

@@ -107,6 +107,13 @@ struct AgentCommand {
     args: AgentArgs,
 }
 
+/// flanneld's `FLANNELD_*` variables for the agent's flags (see [`super::flanneld`]); call
+/// first thing in `main`.
+pub fn take_flanneld_env() {
+    use clap::CommandFactory;
+    super::flanneld::take_flanneld_env(&AgentCommand::command());
+}
+
 /// Runs the agent to the end: `argv` are the command-line words of the agent's flags (after
 /// `weft agent`, or after `weft-agent`), re-read when a config file is layered in.
 pub fn main(args: AgentArgs, argv: Vec<std::ffi::OsString>) -> Result<()> {

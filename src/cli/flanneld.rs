@@ -4,6 +4,7 @@
 //! each is mapped onto weft's equivalent, accepted with a warning where there is nothing for weft
 //! to do, or refused with what to use instead. flanneld parses with Go's `flag` package, which
 //! also takes `-name=value` with one dash; [`go_style_args`] turns those into `--name=value`.
+//! Its `FLANNELD_*` environment variables are read as well ([`take_flanneld_env`]).
 
 use anyhow::{bail, Result};
 use std::ffi::OsString;
@@ -14,44 +15,51 @@ use std::time::Duration;
 #[command(next_help_heading = "flanneld's flags (for a flanneld command line used as is)")]
 pub struct FlanneldArgs {
     /// flanneld's --healthz-ip: with --healthz-port, the address to serve on (default 0.0.0.0).
-    #[arg(long, value_name = "IP")]
+    #[arg(long, value_name = "IP", env = "FLANNELD_HEALTHZ_IP")]
     pub healthz_ip: Option<IpAddr>,
 
     /// flanneld's --healthz-port: serve /healthz (and /readyz, /metrics, /status) on this port;
     /// 0, flanneld's default, serves nothing. Same as --healthz-addr IP:PORT.
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", env = "FLANNELD_HEALTHZ_PORT")]
     pub healthz_port: Option<u16>,
 
     /// flanneld's --subnet-lease-renew-margin: renew the lease this many minutes before it
     /// expires (at most half its lifetime before).
-    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    #[arg(
+        long,
+        value_name = "MINUTES",
+        default_value_t = 60,
+        env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN"
+    )]
     pub subnet_lease_renew_margin: u64,
 
     /// flanneld's (klog's) -v: 0 logs at info, 1–4 at debug, 5 and more at trace; --log-level
     /// takes precedence.
-    #[arg(short = 'v', long = "v", value_name = "LEVEL")]
+    #[arg(short = 'v', long = "v", value_name = "LEVEL", env = "FLANNELD_V")]
     pub verbosity: Option<u8>,
 
     /// flanneld's --iptables-resync: accepted and ignored. weft's rules are one nft table,
     /// checked at every --resync-interval and rewritten at once when changed by hand.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", env = "FLANNELD_IPTABLES_RESYNC")]
     pub iptables_resync: Option<u64>,
 
     /// flanneld's --iptables-forward-rules: accepted. weft writes no iptables rules; where the
     /// FORWARD policy is DROP (Docker, ufw), add flannel's two accepts yourself (operator guide).
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true",
+          env = "FLANNELD_IPTABLES_FORWARD_RULES")]
     pub iptables_forward_rules: Option<bool>,
 
     /// flanneld's --kube-subnet-mgr: refused; weft keeps leases in etcd or its embedded store.
-    #[arg(long)]
+    #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub kube_subnet_mgr: bool,
 
     /// flanneld's Kubernetes subnet manager's config file: refused, as --kube-subnet-mgr.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "FLANNELD_NET_CONFIG_PATH")]
     pub net_config_path: Option<String>,
 
     /// flanneld's IPv6 public address: refused; weft's overlay runs over IPv4.
-    #[arg(long, value_name = "IP")]
+    #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IPV6")]
     pub public_ipv6: Option<String>,
 }
 
@@ -123,6 +131,25 @@ impl FlanneldArgs {
             }),
             warnings,
         })
+    }
+}
+
+/// flanneld reads every flag from `FLANNELD_<NAME>` too (`FLANNELD_ETCD_ENDPOINTS`). For the
+/// flags weft shares with it, such a variable stands in for weft's own (`WEFT_ETCD_ENDPOINTS`)
+/// when that is not set; flanneld's other flags read theirs directly. Call before parsing, while
+/// the process has one thread.
+pub fn take_flanneld_env(cmd: &clap::Command) {
+    for arg in cmd.get_arguments() {
+        let (Some(long), Some(ours)) = (arg.get_long(), arg.get_env()) else {
+            continue;
+        };
+        let theirs = format!("FLANNELD_{}", long.to_ascii_uppercase().replace('-', "_"));
+        if ours == theirs.as_str() || std::env::var_os(ours).is_some() {
+            continue;
+        }
+        if let Some(value) = std::env::var_os(&theirs) {
+            std::env::set_var(ours, value);
+        }
     }
 }
 
