@@ -138,8 +138,15 @@ async fn sigterm_leaves_everything_in_place_and_deleted_peer_lease_is_cleaned_up
     let h3 = lab.leases().await.unwrap()["h3"].clone();
     let h3_entries = entries(&lab, "h3");
 
+    let t = std::time::Instant::now();
     lab.kill_agent("h3", Signal::SIGTERM).unwrap();
-    assert!(agent_log(&lab, "h3").contains("shutting down"));
+    // Without the line, the agent was SIGKILLed after the lab's grace period, or died otherwise.
+    let log = agent_log(&lab, "h3");
+    assert!(
+        log.contains("shutting down"),
+        "no orderly shutdown on SIGTERM ({:?} until gone):\n{log}",
+        t.elapsed()
+    );
     assert_eq!(
         entries(&lab, "h3"),
         h3_entries,

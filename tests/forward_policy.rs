@@ -21,6 +21,15 @@ fn wait_log(lab: &Lab, host: &str, text: &str) -> String {
     }
 }
 
+/// The host agent's `/status`.
+fn status_json(lab: &Lab, host: &str) -> serde_json::Value {
+    let addr = weft::agent::status::DEFAULT_HTTP_ADDR.parse().unwrap();
+    let (_, body) = weft::lab::probe::http_get(lab.namespace(host).unwrap(), addr, "/status", Duration::from_secs(2))
+        .unwrap()
+        .expect("/status answers");
+    serde_json::from_str(&body).unwrap()
+}
+
 fn nft(lab: &Lab, host: &str, script: &str) {
     let out = lab.exec(host, &["nft", script]).unwrap();
     assert!(
@@ -80,6 +89,21 @@ async fn a_forward_policy_of_drop_elsewhere_is_named_in_the_log() {
         line.contains("ip filter FORWARD") && line.contains(&h1_subnet.to_string()),
         "{line}"
     );
+    // `/status` and `weft status` say it too.
+    let status = status_json(&lab, "h1");
+    assert_eq!(
+        status["forward_drops"],
+        serde_json::json!([{"chain": "ip filter FORWARD", "subnet": h1_subnet.to_string()}]),
+        "{status}"
+    );
+    let text = lab
+        .exec("h1", &[common::weft_bin().to_str().unwrap(), "status"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("forward    ip filter FORWARD drops forwarded packets by default"),
+        "{text}"
+    );
     // h2's forwarding is untouched: nothing to say there.
     let h2 = std::fs::read_to_string(lab.agent_log("h2")).unwrap();
     assert!(!h2.contains("no rule there accepts"), "{h2}");
@@ -87,5 +111,6 @@ async fn a_forward_policy_of_drop_elsewhere_is_named_in_the_log() {
     // flannel's accept for the network: traffic flows, and the agent says the drop is over.
     nft(&lab, "h1", "insert rule ip filter FORWARD ip saddr 10.0.0.0/16 accept");
     wait_log(&lab, "h1", "no other firewall drops this host's pod traffic any more");
+    assert!(status_json(&lab, "h1").get("forward_drops").is_none());
     assert!(pod_ping(&lab, "h2", "h1"), "pods still cut off after flannel's accept");
 }

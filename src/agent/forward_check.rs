@@ -6,7 +6,9 @@
 //! serves: the operator learns it from the log, not from a silent outage (operator guide,
 //! Troubleshooting). iptables-legacy rules are not visible to nftables and go unchecked.
 
+use super::http::Hub;
 use super::isolation::HostSubnets;
+use super::status::ForwardDrop;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -113,9 +115,10 @@ fn nft_json(args: &[&str]) -> Result<Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j {}: {e}", args.join(" ")))
 }
 
-/// Looks every `interval` (the first time shortly after start, once leases are likely held) and
-/// logs when what it finds changes: a warning per newly blocked subnet, a note when none is.
-pub async fn watch(host: Arc<HostSubnets>, interval: Duration) {
+/// Looks every `interval` (the first time shortly after start, once leases are likely held),
+/// shows what it found in `/status` (`weft status`), and logs when that changes: a warning per
+/// newly blocked subnet, a note when none is.
+pub async fn watch(host: Arc<HostSubnets>, hub: Arc<Hub>, interval: Duration) {
     let mut last = Blocked::new();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(2), interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -130,6 +133,16 @@ pub async fn watch(host: Arc<HostSubnets>, interval: Duration) {
             }
             Err(_) => continue,
         };
+        // Before the log says so, so that whoever reads the log finds it in /status.
+        hub.set_forward_drops(
+            found
+                .iter()
+                .map(|(chain, subnet)| ForwardDrop {
+                    chain: chain.to_string(),
+                    subnet: subnet.to_string(),
+                })
+                .collect(),
+        );
         for (chain, subnet) in found.difference(&last) {
             warn!(
                 chain = %chain,

@@ -2,7 +2,7 @@
 //! over every network the agent serves.
 
 use super::metrics::{Metrics, MetricsRegistry};
-use super::status::{Failing, PeerReport, PeerStatus, RefusedNetwork, Status};
+use super::status::{Failing, ForwardDrop, PeerReport, PeerStatus, RefusedNetwork, Status};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -87,6 +87,7 @@ pub struct Hub {
     pub metrics: Arc<MetricsRegistry>,
     networks: Mutex<BTreeMap<String, Arc<Shared>>>,
     refused: Mutex<Vec<RefusedNetwork>>,
+    forward_drops: Mutex<Vec<ForwardDrop>>,
 }
 
 impl Hub {
@@ -95,6 +96,7 @@ impl Hub {
             metrics,
             networks: Mutex::new(BTreeMap::new()),
             refused: Mutex::new(Vec::new()),
+            forward_drops: Mutex::new(Vec::new()),
         }
     }
 
@@ -121,6 +123,12 @@ impl Hub {
         }
     }
 
+    pub fn set_forward_drops(&self, drops: Vec<ForwardDrop>) {
+        if let Ok(mut d) = self.forward_drops.lock() {
+            *d = drops;
+        }
+    }
+
     /// The default network's status, with the named networks' in `networks`; with the
     /// per-peer lists if `peers`.
     pub fn status(&self, peers: bool) -> Status {
@@ -140,6 +148,7 @@ impl Hub {
             .map(|(_, s)| status_of(s))
             .collect();
         top.refused_networks = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
+        top.forward_drops = self.forward_drops.lock().map(|d| d.clone()).unwrap_or_default();
         top
     }
 }

@@ -42,6 +42,18 @@ pub struct Status {
     /// Named networks in the store the agent does not serve, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_networks: Vec<RefusedNetwork>,
+    /// Another firewall's forward chains that drop this host's pod traffic by default (see
+    /// `agent::forward_check`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_drops: Vec<ForwardDrop>,
+}
+
+/// A forward base chain of another table that drops by default, with no rule accepting `subnet`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardDrop {
+    /// `FAMILY TABLE CHAIN`, e.g. `ip filter FORWARD` (iptables' FORWARD chain).
+    pub chain: String,
+    pub subnet: String,
 }
 
 /// An L2 network on this host.

@@ -67,7 +67,11 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         leftovers_done: false,
     };
     // Read-only, host-wide: does another firewall drop this host's pod traffic?
-    let forward = tokio::spawn(super::forward_check::watch(sup.host.clone(), sup.opts.resync_interval));
+    let forward = tokio::spawn(super::forward_check::watch(
+        sup.host.clone(),
+        sup.hub.clone(),
+        sup.opts.resync_interval,
+    ));
     sup.run(shutdown).await;
     forward.abort();
     Ok(())

@@ -212,6 +212,17 @@ pub fn render(st: &Status, now: SystemTime) -> String {
             None => render_peers(&mut o, n),
         }
     }
+    if !st.forward_drops.is_empty() {
+        let _ = writeln!(o);
+        for d in &st.forward_drops {
+            let _ = writeln!(
+                o,
+                "forward    {} drops forwarded packets by default and accepts none of {}: pods here \
+                 may not reach pods on other hosts (operator guide, Troubleshooting)",
+                d.chain, d.subnet
+            );
+        }
+    }
     if !st.refused_networks.is_empty() {
         let _ = writeln!(o);
         for r in &st.refused_networks {
