@@ -35,8 +35,10 @@ const LEASE_POLL: Duration = Duration::from_millis(5);
 /// `check`: each pair is re-probed every 100 ms for at most a second.
 pub(super) const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 pub(super) const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a stopped agent gets to exit after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a stopped agent gets to exit after SIGTERM before SIGKILL. Generous: an agent exits
+/// in milliseconds and is not waited for beyond that, but a loaded machine can stall a process
+/// for seconds, and a SIGKILL would then pass for an agent that ignores SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How to build a lab.
 #[derive(Debug, Clone)]
