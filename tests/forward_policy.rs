@@ -30,6 +30,16 @@ fn status_json(lab: &Lab, host: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// One unlabelled series of the host agent's `/metrics`.
+fn metric(lab: &Lab, host: &str, name: &str) -> Option<f64> {
+    let addr = weft::agent::status::DEFAULT_HTTP_ADDR.parse().unwrap();
+    let (_, body) = weft::lab::probe::http_get(lab.namespace(host).unwrap(), addr, "/metrics", Duration::from_secs(2))
+        .unwrap()
+        .expect("/metrics answers");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn nft(lab: &Lab, host: &str, script: &str) {
     let out = lab.exec(host, &["nft", script]).unwrap();
     assert!(
@@ -104,6 +114,8 @@ async fn a_forward_policy_of_drop_elsewhere_is_named_in_the_log() {
         text.contains("forward    ip filter FORWARD drops forwarded packets by default"),
         "{text}"
     );
+    assert_eq!(metric(&lab, "h1", "weft_forward_drops"), Some(1.0));
+    assert_eq!(metric(&lab, "h2", "weft_forward_drops"), Some(0.0));
     // h2's forwarding is untouched: nothing to say there.
     let h2 = std::fs::read_to_string(lab.agent_log("h2")).unwrap();
     assert!(!h2.contains("no rule there accepts"), "{h2}");
@@ -112,5 +124,6 @@ async fn a_forward_policy_of_drop_elsewhere_is_named_in_the_log() {
     nft(&lab, "h1", "insert rule ip filter FORWARD ip saddr 10.0.0.0/16 accept");
     wait_log(&lab, "h1", "no other firewall drops this host's pod traffic any more");
     assert!(status_json(&lab, "h1").get("forward_drops").is_none());
+    assert_eq!(metric(&lab, "h1", "weft_forward_drops"), Some(0.0));
     assert!(pod_ping(&lab, "h2", "h1"), "pods still cut off after flannel's accept");
 }

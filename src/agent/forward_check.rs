@@ -134,6 +134,7 @@ pub async fn watch(host: Arc<HostSubnets>, hub: Arc<Hub>, interval: Duration) {
             Err(_) => continue,
         };
         // Before the log says so, so that whoever reads the log finds it in /status.
+        hub.metrics.set_forward_drops(found.len());
         hub.set_forward_drops(
             found
                 .iter()

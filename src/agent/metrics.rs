@@ -44,6 +44,8 @@ pub struct MetricsRegistry {
     endpoint_problems: Family<Labels, Gauge>,
     endpoint_events: Family<Labels, Counter>,
     cni_requests: Family<Labels, Counter>,
+    /// Host-wide, not per network.
+    forward_drops: Gauge,
 }
 
 impl Default for MetricsRegistry {
@@ -71,6 +73,7 @@ impl MetricsRegistry {
             endpoint_problems: Family::default(),
             endpoint_events: Family::default(),
             cni_requests: Family::default(),
+            forward_drops: Gauge::default(),
         };
         r.register(
             "leases",
@@ -136,6 +139,12 @@ impl MetricsRegistry {
             "weft-cni requests answered by an L2 network's agent, by op (ADD, DEL, CHECK) and result (ok, refused, retry)",
             m.cni_requests.clone(),
         );
+        r.register(
+            "forward_drops",
+            "This host's subnets that another firewall's forward chain drops by default with no rule \
+             accepting them, chain by chain (pods there may not reach other hosts; /status forward_drops)",
+            m.forward_drops.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -144,6 +153,11 @@ impl MetricsRegistry {
             .set(1);
         r.register("build_info", "weft build information", build);
         MetricsRegistry { registry: r, ..m }
+    }
+
+    /// What the forward check found (`agent::forward_check`): how many (chain, subnet) pairs.
+    pub fn set_forward_drops(&self, n: usize) {
+        self.forward_drops.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The metrics of network `name`: unlabelled for the default network (as with one network
