@@ -80,6 +80,13 @@ async fn a_flanneld_command_line_runs_the_agent() {
     drop(agent);
 }
 
+/// Runs a `--print-config` command; its output, which must be a success.
+fn print_config(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn what_weft_cannot_do_is_refused_before_anything_starts() {
     for (words, says) in [
@@ -104,12 +111,9 @@ fn what_weft_cannot_do_is_refused_before_anything_starts() {
         assert!(err.contains(says), "{words:?}: {err}");
     }
     // `weft agent` reads the same one-dash words.
-    let out = Command::new(common::weft_bin())
-        .args(["agent", "-iface=eth9", "-ip-masq", "-v=1", "--print-config"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut weft_agent = Command::new(common::weft_bin());
+    weft_agent.args(["agent", "-iface=eth9", "-ip-masq", "-v=1", "--print-config"]);
+    let text = print_config(weft_agent);
     assert!(text.contains("iface = [\"eth9\"]  # flag"), "{text}");
     assert!(text.contains("ip-masq = true  # flag"), "{text}");
     assert!(text.contains("v = \"1\"  # flag"), "{text}");
@@ -118,20 +122,15 @@ fn what_weft_cannot_do_is_refused_before_anything_starts() {
 /// flanneld's `FLANNELD_*` variables count as the flags (below weft's own `WEFT_*`).
 #[test]
 fn flanneld_environment_variables_are_read() {
-    let out = Command::new(env!("CARGO_BIN_EXE_weft-agent"))
-        .arg("--print-config")
-        .env_clear()
-        .envs([
-            ("FLANNELD_ETCD_PREFIX", "/flannel/network"),
-            ("FLANNELD_IP_MASQ", "true"),
-            ("FLANNELD_HEALTHZ_PORT", "8471"),
-            ("FLANNELD_IFACE", "eth2"),
-            ("WEFT_IFACE", "eth1"),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_weft-agent"));
+    agent.arg("--print-config").env_clear().envs([
+        ("FLANNELD_ETCD_PREFIX", "/flannel/network"),
+        ("FLANNELD_IP_MASQ", "true"),
+        ("FLANNELD_HEALTHZ_PORT", "8471"),
+        ("FLANNELD_IFACE", "eth2"),
+        ("WEFT_IFACE", "eth1"),
+    ]);
+    let text = print_config(agent);
     assert!(text.contains("etcd-prefix = \"/flannel/network\"  # env"), "{text}");
     assert!(text.contains("ip-masq = true  # env"), "{text}");
     assert!(text.contains("healthz-port = \"8471\"  # env"), "{text}");

@@ -21,22 +21,23 @@ fn wait_log(lab: &Lab, host: &str, text: &str) -> String {
     }
 }
 
-/// The host agent's `/status`.
-fn status_json(lab: &Lab, host: &str) -> serde_json::Value {
+/// `GET path` from the host's agent (on the lab's default address).
+fn get(lab: &Lab, host: &str, path: &str) -> String {
     let addr = weft::agent::status::DEFAULT_HTTP_ADDR.parse().unwrap();
-    let (_, body) = weft::lab::probe::http_get(lab.namespace(host).unwrap(), addr, "/status", Duration::from_secs(2))
+    let (_, body) = weft::lab::probe::http_get(lab.namespace(host).unwrap(), addr, path, Duration::from_secs(2))
         .unwrap()
-        .expect("/status answers");
-    serde_json::from_str(&body).unwrap()
+        .unwrap_or_else(|| panic!("{host}: {path} does not answer"));
+    body
 }
 
-/// One unlabelled series of the host agent's `/metrics`.
+fn status_json(lab: &Lab, host: &str) -> serde_json::Value {
+    serde_json::from_str(&get(lab, host, "/status")).unwrap()
+}
+
+/// One unlabelled series of `/metrics`.
 fn metric(lab: &Lab, host: &str, name: &str) -> Option<f64> {
-    let addr = weft::agent::status::DEFAULT_HTTP_ADDR.parse().unwrap();
-    let (_, body) = weft::lab::probe::http_get(lab.namespace(host).unwrap(), addr, "/metrics", Duration::from_secs(2))
-        .unwrap()
-        .expect("/metrics answers");
-    body.lines()
+    get(lab, host, "/metrics")
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 

@@ -138,9 +138,11 @@ pub fn render(cmd: &Command, layered: &Layered) -> String {
         let shown = if SECRET.contains(&long) && !values.is_empty() {
             "\"****\"".to_string()
         } else if boolean && values.len() == 1 {
-            // As clap's boolish parser reads it (`WEFT_IP_MASQ=1`), so the line is valid TOML.
-            let on = ["y", "yes", "t", "true", "on", "1"].contains(&values[0].to_ascii_lowercase().as_str());
-            on.to_string()
+            // As clap reads it (`WEFT_IP_MASQ=1` is true), so that the line is valid TOML.
+            use clap::builder::TypedValueParser;
+            clap::builder::BoolishValueParser::new()
+                .parse_ref(cmd, Some(arg), std::ffi::OsStr::new(&values[0]))
+                .map_or_else(|_| values[0].clone(), |on| on.to_string())
         } else if values.len() == 1 && !matches!(arg.get_action(), clap::ArgAction::Append) {
             format!("{:?}", values[0])
         } else if values.is_empty() && source == "unset" {

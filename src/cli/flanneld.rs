@@ -284,33 +284,25 @@ mod tests {
 
     #[test]
     fn go_style_single_dash_flags_get_two_dashes() {
-        assert_eq!(
-            go_style_args(os(&[
+        // (word, as clap gets it)
+        let words = [
+            (
                 "-etcd-endpoints=http://192.0.2.2:2379",
-                "-iface",
-                "eth0",
-                "-ip-masq",
-                "-v=2",
-                "-h",
-                "--public-ip=192.0.2.10",
-                "-",
-                "--",
-                "-literal",
-            ])),
-            os(&[
                 "--etcd-endpoints=http://192.0.2.2:2379",
-                "--iface",
-                "eth0",
-                "--ip-masq",
-                "-v=2",
-                "-h",
-                "--public-ip=192.0.2.10",
-                "-",
-                "--",
-                "-literal",
-            ])
-        );
-        // Values that only look like flags are not names: an address, a negative number.
+            ),
+            ("-iface", "--iface"),
+            ("eth0", "eth0"),
+            ("-ip-masq", "--ip-masq"),
+            ("-v=2", "-v=2"),
+            ("-h", "-h"),
+            ("--public-ip=192.0.2.10", "--public-ip=192.0.2.10"),
+            ("-", "-"),
+            ("--", "--"),
+            ("-literal", "-literal"),
+        ];
+        let (given, wanted): (Vec<&str>, Vec<&str>) = words.into_iter().unzip();
+        assert_eq!(go_style_args(os(&given)), os(&wanted));
+        // Not names of long flags: a negative number, a one-letter flag, a capital.
         assert_eq!(go_style_args(os(&["-1", "-V", "-Etcd"])), os(&["-1", "-V", "-Etcd"]));
     }
 }
