@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The VXLAN peer filter as an eBPF program, for bench/filter-cost.sh only: what the filter
-would cost outside netfilter. weft ships neither (see docs/benchmarks.md for why).
+costs outside netfilter. weft ships the sk_lookup form (src/kernel/bpf, with a drop counter and
+pins); this script loads a bare copy by hand, next to variants weft does not ship (tcx).
 
   bpf-filter.py attach DEV PORT PEER...   tc (tcx) ingress of DEV: drop UDP to PORT from
                                           anything but PEERs (IPv4)

@@ -143,8 +143,9 @@ fn dataplane(dp: &Value, path: &Path) -> Result<()> {
     }
     // Legend row.
     let x0 = 60;
+    let step = (1400 - x0) / i32::try_from(labels.len().max(1)).unwrap_or(1);
     for (i, l) in labels.iter().enumerate() {
-        let x = x0 + i as i32 * 320;
+        let x = x0 + i as i32 * step;
         legend
             .draw(&Rectangle::new(
                 [(x, 10), (x + 22, 28)],

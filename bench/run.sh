@@ -8,7 +8,7 @@
 # Further options go to the runner (bench/weft-bench.rs): --only dataplane,convergence,footprint
 # --rounds N --secs S --tests tcp1,tcp2,udp64,ping --sizes 3,10,30,50 --stores sqlite,etcd
 # --adds N --out DIR; --report-only rewrites the docs and plots from benchmarks.json. WEFT_BENCH_POLL_MS sets the removal watchers' fallback dump interval.
-# Everything runs inside lab namespaces named wbh-*, wbw-*, wbn-*, wbc-*; they are removed on exit,
+# Everything runs inside lab namespaces named wbh-*, wbw-*, wbn-*, wbf-*, wbc-*; they are removed on exit,
 # also after an error or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ for t in iperf3 ethtool ping; do
     command -v $t >/dev/null || { echo "bench: $t missing" >&2; exit 1; }
 done
 
-labs=(wbh wbw wbn wbc)
+labs=(wbh wbw wbn wbf wbc)
 weft=./target/release/weft
 cleanup() {
     for l in "${labs[@]}"; do $weft lab down --name "$l" >/dev/null 2>&1 || true; done

@@ -30,6 +30,7 @@ mod plots;
 const LAB_HAND: &str = "wbh";
 const LAB_WEFT: &str = "wbw";
 const LAB_NOFILTER: &str = "wbn";
+const LAB_NFT: &str = "wbf";
 const LAB_CONV: &str = "wbc";
 
 #[derive(Debug, Clone)]
@@ -439,11 +440,13 @@ fn device_facts(ns: &str) -> Value {
 }
 
 /// The data-plane ratios reported: (key, numerator setup, denominator setup).
-const PAIRS: [(&str, &str, &str); 4] = [
+const PAIRS: [(&str, &str, &str); 6] = [
     ("hand_over_underlay", "hand", "underlay"),
     ("weft_over_hand", "weft", "hand"),
+    ("weft_nft_over_hand", "weft_nft", "hand"),
     ("weft_nofilter_over_hand", "weft_nofilter", "hand"),
     ("weft_over_weft_nofilter", "weft", "weft_nofilter"),
+    ("weft_nft_over_weft_nofilter", "weft_nft", "weft_nofilter"),
 ];
 
 /// Per-round ratios of one test between two setups (same round, measured one right after the
@@ -471,6 +474,8 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
     };
     let weft = Lab::up(wopts(LAB_WEFT)).await?;
     let nofilter = Lab::up(wopts(LAB_NOFILTER).agent_arg("--vxlan-peer-filter=false")).await?;
+    // The peer filter where weft puts it when it cannot use BPF (no bpffs, shared port).
+    let nft = Lab::up(wopts(LAB_NFT).agent_arg("--bpf-pin-dir=none")).await?;
     let hand_ips = configure_hand_vxlan(&hand)?;
     let weft_dst = weft
         .overlay_ip("h2")
@@ -480,6 +485,10 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
         .overlay_ip("h2")
         .await?
         .ok_or_else(|| anyhow!("no lease for h2 in {LAB_NOFILTER}"))?;
+    let nft_dst = nft
+        .overlay_ip("h2")
+        .await?
+        .ok_or_else(|| anyhow!("no lease for h2 in {LAB_NFT}"))?;
     let setups = vec![
         Setup {
             key: "underlay",
@@ -495,9 +504,15 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
         },
         Setup {
             key: "weft",
-            label: "weft",
+            label: "weft (filter in BPF)",
             ns_from: weft.namespace("h1")?.into(),
             dst: weft_dst,
+        },
+        Setup {
+            key: "weft_nft",
+            label: "weft, filter in nft",
+            ns_from: nft.namespace("h1")?.into(),
+            dst: nft_dst,
         },
         Setup {
             key: "weft_nofilter",
@@ -515,12 +530,14 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
         iperf_server(hand.namespace("h2")?)?,
         iperf_server(weft.namespace("h2")?)?,
         iperf_server(nofilter.namespace("h2")?)?,
+        iperf_server(nft.namespace("h2")?)?,
     ];
     std::thread::sleep(Duration::from_millis(500));
     let facts = json!({
         "hand": device_facts(hand.namespace("h1")?),
         "weft": device_facts(weft.namespace("h1")?),
         "weft_nofilter": device_facts(nofilter.namespace("h1")?),
+        "weft_nft": device_facts(nft.namespace("h1")?),
     });
 
     // samples[setup][test] = values
@@ -549,6 +566,7 @@ async fn dataplane(cfg: &Cfg) -> Result<Value> {
         let _ = s.kill();
         let _ = s.wait();
     }
+    drop(nft);
     drop(nofilter);
     drop(weft);
     drop(hand);
@@ -1016,10 +1034,15 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
         for (key, label) in [
             ("hand_over_underlay", "hand VXLAN ÷ underlay"),
             ("weft_over_hand", "**weft ÷ hand VXLAN**"),
+            ("weft_nft_over_hand", "weft, filter in nft ÷ hand"),
             ("weft_nofilter_over_hand", "weft without peer filter ÷ hand"),
             (
                 "weft_over_weft_nofilter",
-                "weft ÷ weft without peer filter (cost of the nft table)",
+                "weft ÷ weft without peer filter (cost of the BPF filter)",
+            ),
+            (
+                "weft_nft_over_weft_nofilter",
+                "weft, filter in nft ÷ weft without (cost of the nft filter)",
             ),
         ] {
             let c = |t: &str| ratio_cell(dp, t, key);
@@ -1036,8 +1059,10 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
               second, agent-less lab, `flannel.1` made by hand with flannel's settings (`ip link add flannel.1 type vxlan id 1 \
               local <underlay IP> dev eth0 dstport 8472 nolearning`, MTU eth0 − 50, address `<subnet>.0/32`, \
               per peer a permanent neighbour, an FDB entry and an onlink route); *weft* — the overlay as the agent \
-              configures it, with its nft table (VXLAN peer filter) active, as shipped; *weft, no peer filter* — the same with \
-              `--vxlan-peer-filter=false`. Per-round samples, the device settings (`ip -d link`, `ethtool -k`) and \
+              configures it, as shipped: its nft table, and the VXLAN peer filter as a BPF sk_lookup program pinned \
+              on the lab's bpffs; *weft, filter in nft* — the same with `--bpf-pin-dir=none`, so the filter is the nft \
+              table's `input` rule (where it is when a named or L2 network shares the port, or without bpffs); \
+              *weft, no peer filter* — the same with `--vxlan-peer-filter=false`. Per-round samples, the device settings (`ip -d link`, `ethtool -k`) and \
               the nft rule counts are in `benchmarks.json`.\n\n";
         blocks.push(("weft-bench:dataplane", std::mem::take(&mut s)));
     }
@@ -1125,7 +1150,7 @@ async fn main() -> Result<()> {
         bail!("the benchmarks build network namespaces: run them as root (sudo bench/run.sh)");
     }
     std::env::set_var("WEFT_BIN", &cfg.weft_bin);
-    for name in [LAB_HAND, LAB_WEFT, LAB_NOFILTER, LAB_CONV] {
+    for name in [LAB_HAND, LAB_WEFT, LAB_NOFILTER, LAB_NFT, LAB_CONV] {
         let _ = weft::lab::down(name);
     }
     std::fs::create_dir_all(&cfg.out)?;

@@ -193,9 +193,11 @@ async fn nft_table_deleted_or_flushed_by_hand_is_repaired_and_strangers_vxlan_is
     if !have_root("nft_table_deleted_or_flushed_by_hand_is_repaired_and_strangers_vxlan_is_dropped") {
         return;
     }
+    // The peer filter in nft (its BPF place is tests/vxlan_filter.rs's and tests/bpf_filter.rs's).
     let lab = up(LabOptions::new(&lab_name(), 2)
         .ip_masq(true)
-        .agent_arg("--resync-interval=2s"))
+        .agent_arg("--resync-interval=2s")
+        .agent_arg("--bpf-pin-dir=none"))
     .await;
     let want = nft_table(&lab, "h1");
     assert!(
@@ -363,6 +365,9 @@ async fn cleanup_leaves_the_host_as_it_was_and_release_frees_the_lease() {
         "h1 not as before the agent; cleanup said:\n{said}"
     );
     assert!(!sh(&lab, "h1", &["ip", "link"]).contains("flannel.1"));
+    // The peer filter's BPF program (the lab's default place) is detached, its pins removed.
+    assert!(said.contains("detached the VXLAN peer filter's BPF program"), "{said}");
+    assert!(!lab.dir().join("bpf/h1").exists(), "pins left: {said}");
     assert!(!sh(&lab, "h1", &["ip", "route", "show", "table", "all"]).contains("proto 87"));
     assert_eq!(
         lab.leases().await.unwrap().get("h1").map(|l| l.subnet),

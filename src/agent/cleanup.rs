@@ -69,6 +69,28 @@ pub async fn cleanup(opts: &AgentOptions, release: bool) -> Result<Vec<String>, 
     for t in removed_tables {
         done.push(format!("removed nft table ip {t}"));
     }
+    // The peer filter's BPF program: the one pinned in --bpf-pin-dir and any other of weft's
+    // still attached to this namespace.
+    let dir = opts.bpf_pin_dir.clone();
+    let (pinned, strays) = tokio::task::spawn_blocking(move || -> Result<_, crate::kernel::bpf::BpfError> {
+        let pinned = match &dir {
+            Some(d) => crate::kernel::bpf::remove_pinned(d)?.then(|| d.display().to_string()),
+            None => None,
+        };
+        Ok((pinned, crate::kernel::bpf::detach_strays(None)?))
+    })
+    .await
+    .map_err(|e| KernelError::Nft {
+        op: "bpf remove",
+        message: e.to_string(),
+    })?
+    .map_err(KernelError::from)?;
+    if let Some(d) = pinned {
+        done.push(format!("detached the VXLAN peer filter's BPF program pinned in {d}"));
+    }
+    if strays > 0 {
+        done.push(format!("detached {strays} other BPF peer filter program(s) of weft's"));
+    }
 
     for r in kernel.weft_rules().await? {
         kernel.remove_rule(&r).await?;

@@ -1,16 +1,27 @@
 //! A network's nftables table and the VXLAN device's checksum offload: kept as the config and
 //! the peers say, checked again at every resync (so a hand edit is repaired within one). The
 //! table's upkeep ([`FirewallKeeper`]) is shared by the L3 and the L2 agents.
+//!
+//! The VXLAN peer filter lives in one of two places. When the default network is the only one
+//! on its port and `--bpf-pin-dir` is on bpffs, it is a BPF `sk_lookup` program
+//! (`kernel::bpf`): it costs only the VXLAN socket's lookups, where an nft `input` chain costs
+//! every packet the host receives a hook pass. Otherwise (a named or L2 network shares the
+//! port, so the check needs the VNI from the packet; no bpffs; BPF refused) it is the nft
+//! rule. A switch puts the new filter in place before the old one goes, so no datagram passes
+//! unchecked in between.
 
 use super::metrics::Metrics;
 use super::nft_batcher::NftBatcher;
+use super::status::VxlanFilterStatus;
 use super::{Agent, AgentError};
 use crate::config::NetworkConfig;
+use crate::kernel::bpf::{self, Attached, BpfError, PeerFilter};
 use crate::kernel::nft::{Applied, FirewallSpec, L3Spec, NftOutcome, NftRequest};
 use crate::kernel::offload::{self, TxChecksumPolicy};
 use crate::kernel::{KernelError, LinkInfo};
 use crate::planner::peers::Peer;
 use ipnet::Ipv4Net;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -24,10 +35,59 @@ pub(super) struct FirewallKeeper {
     written: Option<FirewallSpec>,
     /// A resync asked to check the whole table.
     check_due: bool,
-    /// The table's dropped-VXLAN counter as last read (at the last full check).
+    /// Dropped VXLAN (the table's counter plus the BPF filter's) as last read (at the last
+    /// full check).
     dropped: u64,
     /// Set by the nft task when a deferred set update failed.
     deferred_failed: Arc<AtomicBool>,
+    /// The table's own counter as last read.
+    nft_dropped_cache: u64,
+    /// The peer filter as a BPF program, while this network filters there.
+    bpf: Option<PeerFilter>,
+    /// Why the BPF filter is not used, as last logged (logged once per reason).
+    bpf_refused: Option<String>,
+}
+
+/// Where the peer filter runs, for `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FilterPlace {
+    Off,
+    Nft,
+    Bpf,
+}
+
+impl FilterPlace {
+    fn as_str(self) -> &'static str {
+        match self {
+            FilterPlace::Off => "off",
+            FilterPlace::Nft => "nft",
+            FilterPlace::Bpf => "bpf",
+        }
+    }
+}
+
+/// The BPF filter after an ensure: how it was attached (`None`: it already was), and the peers
+/// (added, removed).
+type BpfEnsured = (PeerFilter, Option<Attached>, (usize, usize));
+
+/// A network's part in the host's BPF peer filter.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum BpfRole<'a> {
+    /// Named and L2 networks: their tables police by VNI, in nft; the BPF filter is not theirs.
+    None,
+    /// The default network owns it: it filters there (pinned in the directory, if any) when
+    /// it can, and otherwise makes sure no BPF filter of weft's is left attached.
+    Owner(Option<&'a Path>),
+}
+
+/// The BPF filter's pin directory when `spec` may use it: the filter is on, port-wide (no VNI
+/// to tell networks apart), and the agent has a pin directory.
+fn bpf_candidate<'a>(spec: &FirewallSpec, role: BpfRole<'a>) -> Option<&'a Path> {
+    let port_wide = spec.vni.is_none() && spec.exempt_vnis.is_empty();
+    match role {
+        BpfRole::Owner(dir) => dir.filter(|_| spec.filter_vxlan && port_wide),
+        BpfRole::None => None,
+    }
 }
 
 impl FirewallKeeper {
@@ -36,9 +96,26 @@ impl FirewallKeeper {
         self.written.as_ref()
     }
 
-    /// The dropped-VXLAN counter as last read.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
+    /// The filter for `/status`, once the table was written.
+    pub fn status(&self) -> Option<VxlanFilterStatus> {
+        let w = self.written.as_ref()?;
+        let place = self.filter_place();
+        Some(VxlanFilterStatus {
+            table: w.table.clone(),
+            enabled: place != FilterPlace::Off,
+            peers: w.peers.len(),
+            dropped: self.dropped,
+            place: place.as_str().into(),
+        })
+    }
+
+    /// Where the peer filter runs now.
+    fn filter_place(&self) -> FilterPlace {
+        match (&self.bpf, &self.written) {
+            (Some(_), _) => FilterPlace::Bpf,
+            (None, Some(w)) if w.filter_vxlan => FilterPlace::Nft,
+            _ => FilterPlace::Off,
+        }
     }
 
     /// The next [`FirewallKeeper::ensure`] checks the whole table (resync).
@@ -46,14 +123,155 @@ impl FirewallKeeper {
         self.check_due = true;
     }
 
-    /// Writes the table when what it should hold changed, or when a resync asks for a check.
-    pub async fn ensure(&mut self, spec: FirewallSpec, nft: &NftBatcher, metrics: &Metrics) -> Result<(), KernelError> {
+    /// Writes the table (and the BPF filter, when `role` owns it and the spec allows it) when
+    /// what they should hold changed, or when a resync asks for a check.
+    pub async fn ensure(
+        &mut self,
+        spec: FirewallSpec,
+        nft: &NftBatcher,
+        metrics: &Metrics,
+        role: BpfRole<'_>,
+    ) -> Result<(), KernelError> {
+        let reread = self.check_due || self.written.is_none();
+        let on_bpf = match bpf_candidate(&spec, role) {
+            Some(dir) => self.ensure_bpf(dir, &spec, reread, metrics).await,
+            None => false,
+        };
+        // With the BPF filter in place, the nft rule goes (after it, never before).
+        let nft_spec = FirewallSpec {
+            filter_vxlan: spec.filter_vxlan && !on_bpf,
+            ..spec
+        };
+        let checked = self.ensure_nft(nft_spec, nft, metrics).await?;
+        if !on_bpf && (checked || self.bpf.is_some()) {
+            // The nft rule is in place (or the filter is off): no BPF filter may stay behind,
+            // neither ours nor one a previous agent pinned.
+            if let BpfRole::Owner(dir) = role {
+                self.remove_bpf(dir, metrics).await;
+            }
+        }
+        if checked {
+            let bpf_dropped = match &self.bpf {
+                Some(f) => f.dropped().unwrap_or_else(|e| {
+                    warn!(error = %e, "cannot read the BPF peer filter's drop counter");
+                    0
+                }),
+                None => 0,
+            };
+            self.dropped = self.nft_dropped_cache + bpf_dropped;
+            metrics.set_vxlan_dropped(self.dropped);
+        }
+        Ok(())
+    }
+
+    /// Attaches (or takes over) the BPF filter and makes its peers `spec.peers`; false if it
+    /// cannot be used (logged once per reason), and the nft rule must filter.
+    async fn ensure_bpf(&mut self, dir: &Path, spec: &FirewallSpec, reread: bool, metrics: &Metrics) -> bool {
+        let (dir_buf, port, peers) = (dir.to_path_buf(), spec.vxlan_port, spec.peers.clone());
+        let current = self.bpf.take();
+        let work = move || -> Result<BpfEnsured, BpfError> {
+            let (mut f, how) = match current {
+                // At a resync, also check that it is still attached and pinned.
+                Some(f) if f.port() == port && f.dir() == dir_buf && (!reread || f.attached_here()?) => (f, None),
+                // First use, a new port, or a resync found it detached or unpinned by hand.
+                _ => {
+                    let (f, how) = PeerFilter::ensure(&dir_buf, port)?;
+                    (f, Some(how))
+                }
+            };
+            let changed = f.sync(&peers, reread)?;
+            if reread {
+                // One filter per namespace: another left by a previous pin directory goes.
+                bpf::detach_strays(Some(&f))?;
+            }
+            Ok((f, how, changed))
+        };
+        let result = tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+            Err(BpfError {
+                op: "task",
+                object: dir.display().to_string(),
+                message: e.to_string(),
+                errno: 0,
+            })
+        });
+        match result {
+            Ok((f, how, (added, removed))) => {
+                metrics.kernel_op("bpf", "update", true);
+                match how {
+                    Some(Attached::Created) => {
+                        info!(pin_dir = %dir.display(), port, peers = spec.peers.len(), "VXLAN peer filter: BPF sk_lookup program attached")
+                    }
+                    Some(Attached::TakenOver) => {
+                        info!(pin_dir = %dir.display(), port, peers = spec.peers.len(), "VXLAN peer filter: took over the pinned BPF program")
+                    }
+                    None if reread && added + removed > 0 => {
+                        warn!(pin_dir = %dir.display(), added, removed, "VXLAN peer filter: BPF peers map was changed by hand; repaired")
+                    }
+                    None => {}
+                }
+                self.bpf = Some(f);
+                self.bpf_refused = None;
+                true
+            }
+            Err(e) => {
+                metrics.kernel_op("bpf", "update", false);
+                let why = e.to_string();
+                if self.bpf_refused.as_deref() != Some(why.as_str()) {
+                    warn!(pin_dir = %dir.display(), error = %why, "VXLAN peer filter: BPF not usable; filtering in nft");
+                    self.bpf_refused = Some(why);
+                }
+                false
+            }
+        }
+    }
+
+    /// Detaches every BPF peer filter of weft's in this namespace (ours, a previous agent's,
+    /// one pinned in another directory) and removes the pins in `dir`.
+    async fn remove_bpf(&mut self, dir: Option<&Path>, metrics: &Metrics) {
+        let ours = self.bpf.take();
+        let dir_buf = dir.map(Path::to_path_buf);
+        let work = move || -> Result<usize, BpfError> {
+            let mut n = match (ours, dir_buf) {
+                (Some(f), _) => f.remove().map(|()| 1)?,
+                (None, Some(d)) => usize::from(bpf::remove_pinned(&d)?),
+                (None, None) => 0,
+            };
+            n += bpf::detach_strays(None)?;
+            Ok(n)
+        };
+        let shown = dir.map(|d| d.display().to_string()).unwrap_or_else(|| "none".into());
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                metrics.kernel_op("bpf", "remove", true);
+                let place = if self.written.as_ref().is_some_and(|w| w.filter_vxlan) {
+                    "the nft rule filters"
+                } else {
+                    "the filter is off"
+                };
+                info!(pin_dir = %shown, programs = n, "VXLAN peer filter: BPF program detached; {place}")
+            }
+            Ok(Err(e)) => {
+                metrics.kernel_op("bpf", "remove", false);
+                warn!(pin_dir = %shown, error = %e, "cannot detach the BPF peer filter")
+            }
+            Err(e) => warn!(error = %e, "BPF removal task failed"),
+        }
+    }
+
+    /// Writes the nft table; true if this was a full check (counter read).
+    async fn ensure_nft(
+        &mut self,
+        spec: FirewallSpec,
+        nft: &NftBatcher,
+        metrics: &Metrics,
+    ) -> Result<bool, KernelError> {
         if self.deferred_failed.swap(false, Ordering::Relaxed) {
             metrics.kernel_op("nft", "update", false);
             self.check_due = true;
         }
         if self.written.as_ref() == Some(&spec) && !self.check_due {
-            return Ok(());
+            return Ok(false);
         }
         // A peer joining or leaving only changes the set: one transaction over nfnetlink
         // (`nft` only if that fails, see `kernel::nft::setelem`). The full check (list,
@@ -77,14 +295,14 @@ impl FirewallKeeper {
                     metrics.kernel_op("nft", "update", true);
                     info!(table = %spec.table, peers = spec.peers.len(), "nft: peers set shrink queued");
                     self.written = Some(spec);
-                    return Ok(());
+                    return Ok(false);
                 }
                 match nft.run(request).await {
                     Ok(_) => {
                         metrics.kernel_op("nft", "update", true);
                         info!(table = %spec.table, peers = spec.peers.len(), "nft: updated peers set");
                         self.written = Some(spec);
-                        return Ok(());
+                        return Ok(false);
                     }
                     Err(e) => {
                         metrics.kernel_op("nft", "update", false);
@@ -116,11 +334,10 @@ impl FirewallKeeper {
             Applied::Rewritten => warn!(table = %spec.table, "nft: table was changed by hand; repaired"),
         }
         // The counter as listed before the write (a rewrite keeps its value).
-        metrics.set_vxlan_dropped(dropped);
-        self.dropped = dropped;
+        self.nft_dropped_cache = dropped;
         self.written = Some(spec);
         self.check_due = false;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -150,7 +367,16 @@ impl Agent {
                 isolate: self.net.named.map(|_| self.net.device_name(cfg.backend.vni)),
             }),
         };
-        Ok(self.firewall.ensure(spec, &self.net.nft, &self.shared.metrics).await?)
+        // Only the default network's agent owns the host's BPF filter: a named network's table
+        // always polices by VNI.
+        let role = match self.net.is_default() {
+            true => BpfRole::Owner(self.opts.bpf_pin_dir.as_deref()),
+            false => BpfRole::None,
+        };
+        Ok(self
+            .firewall
+            .ensure(spec, &self.net.nft, &self.shared.metrics, role)
+            .await?)
     }
 
     /// Applies the `--tx-checksum-offload` policy once per device (it is a device setting).

@@ -18,14 +18,12 @@
 //! `FirewallSpec::l2`), kept like an L3 network's by the shared [`FirewallKeeper`].
 
 use super::device;
-use super::firewall::FirewallKeeper;
+use super::firewall::{BpfRole, FirewallKeeper};
 use super::http::Shared;
 use super::iface::{self, PublicIface};
 use super::l2_socket;
 use super::params::NetworkParams;
-use super::status::{
-    self, DeviceStatus, IfaceStatus, L2Status, NetworkStatus, ReconcileStatus, Status, StoreStatus, VxlanFilterStatus,
-};
+use super::status::{self, DeviceStatus, IfaceStatus, L2Status, NetworkStatus, ReconcileStatus, Status, StoreStatus};
 use super::{AgentError, AgentOptions};
 use crate::config::NetworkConfig;
 use crate::endpoint::{self, Endpoint};
@@ -496,7 +494,10 @@ impl L2Agent {
 
     /// The network's nft table as `spec` says, through the host's nft task.
     async fn ensure_firewall(&mut self, spec: FirewallSpec) -> Result<(), AgentError> {
-        Ok(self.firewall.ensure(spec, &self.net.nft, &self.shared.metrics).await?)
+        Ok(self
+            .firewall
+            .ensure(spec, &self.net.nft, &self.shared.metrics, BpfRole::None)
+            .await?)
     }
 
     async fn execute(&self, op: &L2Op, vx: u32, br: u32) -> Result<(), kernel::KernelError> {
@@ -694,12 +695,7 @@ impl L2Agent {
                 flood: desired.flood.iter().map(|h| h.to_string()).collect(),
                 problems,
                 rejected: self.rejected.values().cloned().collect(),
-                vxlan_filter: self.firewall.written().map(|f| VxlanFilterStatus {
-                    table: f.table.clone(),
-                    enabled: f.filter_vxlan,
-                    peers: f.peers.len(),
-                    dropped: self.firewall.dropped(),
-                }),
+                vxlan_filter: self.firewall.status(),
             }),
             last_reconcile: self.last_reconcile.clone(),
             converged_once: self.converged_once,

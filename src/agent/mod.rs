@@ -63,11 +63,24 @@ pub struct AgentOptions {
     pub ip_masq: bool,
     /// Accept VXLAN only from current peers' public IPs (nftables set).
     pub vxlan_peer_filter: bool,
+    /// `--bpf-pin-dir`: where the peer filter's sk_lookup program is pinned; `None`: nft only.
+    pub bpf_pin_dir: Option<PathBuf>,
     pub tx_checksum: crate::kernel::offload::TxChecksumPolicy,
     /// Where to serve `/healthz`, `/readyz`, `/metrics` and `/status`; off when `None`.
     pub healthz_addr: Option<SocketAddr>,
     /// `--networks`: the networks to serve (`default` is the default network); all when `None`.
     pub networks: Option<Vec<String>>,
+}
+
+/// `--bpf-pin-dir`'s default: where systemd mounts bpffs.
+pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/weft";
+
+/// `--bpf-pin-dir`'s value as an option: empty or `none` keeps the peer filter in nft.
+pub fn bpf_pin_dir(arg: &str) -> Option<PathBuf> {
+    match arg.trim() {
+        "" | "none" => None,
+        dir => Some(PathBuf::from(dir)),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -55,6 +55,7 @@ impl Agent {
             peers: Default::default(),
             last_reconcile: self.last_reconcile.clone(),
             converged_once: self.converged_once,
+            vxlan_filter: self.firewall.status(),
             ..Status::default()
         };
         self.shared.set_status(status);

@@ -46,6 +46,9 @@ pub struct Status {
     /// `agent::forward_check`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_drops: Vec<ForwardDrop>,
+    /// An L3 network's VXLAN peer filter (an L2 network's is in `l2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_filter: Option<VxlanFilterStatus>,
 }
 
 /// A forward base chain of another table that drops by default, with no rule accepting `subnet`.
@@ -75,8 +78,8 @@ pub struct L2Status {
     pub vxlan_filter: Option<VxlanFilterStatus>,
 }
 
-/// An L2 network's nft table: VXLAN of its VNI accepted only from its peers (the other hosts
-/// with endpoints).
+/// A network's VXLAN peer filter: VXLAN (of its VNI, for a named or L2 network) accepted only
+/// from its peers (an L2 network's: the other hosts with endpoints).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VxlanFilterStatus {
     /// `weft-NAME`.
@@ -87,6 +90,10 @@ pub struct VxlanFilterStatus {
     pub peers: usize,
     /// VXLAN datagrams dropped, as of the table's last full check (every resync).
     pub dropped: u64,
+    /// Where the filter runs: `nft` (the table's `input` chain), `bpf` (an sk_lookup program
+    /// pinned in `--bpf-pin-dir`) or `off`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub place: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,6 +68,13 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_VXLAN_PEER_FILTER", default_value_t = true, action = clap::ArgAction::Set)]
     pub vxlan_peer_filter: bool,
 
+    /// Where the peer filter's BPF program is pinned (a directory on a bpffs mount). A host
+    /// serving one network on its VXLAN port filters there, at the UDP socket lookup, instead
+    /// of in an nft `input` chain every received packet passes; without bpffs (or with `none`),
+    /// the filter stays in nft.
+    #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = crate::agent::DEFAULT_BPF_PIN_DIR)]
+    pub bpf_pin_dir: String,
+
     /// Transmit checksum offload on the VXLAN device: `auto` turns it off only on kernels before
     /// 5.7, which corrupt VXLAN checksums under NAT; `on`/`off` force it.
     #[arg(long, env = "WEFT_TX_CHECKSUM_OFFLOAD", value_enum, default_value_t = OffloadArg::Auto)]
@@ -180,6 +187,7 @@ async fn run(args: AgentArgs, argv: Vec<std::ffi::OsString>) -> Result<()> {
         resync_interval: args.resync_interval,
         ip_masq: args.ip_masq,
         vxlan_peer_filter: args.vxlan_peer_filter,
+        bpf_pin_dir: agent::bpf_pin_dir(&args.bpf_pin_dir),
         tx_checksum: match args.tx_checksum_offload {
             OffloadArg::Auto => TxChecksumPolicy::Auto,
             OffloadArg::On => TxChecksumPolicy::ForceOn,

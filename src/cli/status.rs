@@ -245,11 +245,7 @@ fn render_l2(o: &mut String, l2: &status::L2Status) {
         l2.flood.join(", ")
     );
     if let Some(f) = &l2.vxlan_filter {
-        let state = match f.enabled {
-            true => format!("VXLAN only from {} peers, {} dropped", f.peers, f.dropped),
-            false => format!("off ({} peers in the set)", f.peers),
-        };
-        let _ = writeln!(o, "filter     nft table {}: {state}", f.table);
+        filter_line(o, f);
     }
     for p in &l2.problems {
         let hosts: Vec<String> = p.hosts.iter().map(|h| h.to_string()).collect();
@@ -352,6 +348,24 @@ fn render_network(o: &mut String, st: &Status, now: SystemTime) {
             r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
         );
     }
+    if let Some(f) = &st.vxlan_filter {
+        filter_line(o, f);
+    }
+}
+
+/// `filter     bpf sk_lookup: VXLAN only from 2 peers, 0 dropped (peers also in nft table weft)`
+fn filter_line(o: &mut String, f: &status::VxlanFilterStatus) {
+    use std::fmt::Write;
+    let state = format!("VXLAN only from {} peers, {} dropped", f.peers, f.dropped);
+    let _ = match f.place.as_str() {
+        "bpf" => writeln!(
+            o,
+            "filter     bpf sk_lookup program: {state} (peers also in nft table {})",
+            f.table
+        ),
+        _ if f.enabled => writeln!(o, "filter     nft table {}: {state}", f.table),
+        _ => writeln!(o, "filter     off ({} peers in nft table {})", f.peers, f.table),
+    };
 }
 
 fn render_peers(o: &mut String, st: &Status) {

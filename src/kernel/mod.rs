@@ -10,6 +10,7 @@
 //! three dumps, not 30,000 lookups.
 
 mod addr;
+pub mod bpf;
 pub mod bridge;
 mod fdb;
 mod link;
@@ -52,6 +53,9 @@ pub enum KernelError {
     /// `nft` failed; `message` carries its stderr.
     #[error("nft {op}: {message}")]
     Nft { op: &'static str, message: String },
+    /// A `bpf(2)` command of the peer filter failed.
+    #[error(transparent)]
+    Bpf(#[from] bpf::BpfError),
     /// The ethtool ioctl `op` failed on `dev` with positive errno `errno`.
     #[error("ethtool {op} on {dev}: {message}")]
     Ethtool {

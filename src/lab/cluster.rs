@@ -334,6 +334,7 @@ impl Lab {
         }
         // Recorded before anything is created, so `down` finds everything even if we die now.
         state.save(&dir)?;
+        state::mount_bpffs(&dir);
 
         let mut lab = LabGuard::new(Lab {
             state,
@@ -636,6 +637,14 @@ impl Lab {
         let mut spec = spec;
         if self.host_state(host)?.ip_masq {
             spec.args.push("--ip-masq".into());
+        }
+        // The host's pin directory on the lab's bpffs, unless the test or user chose one.
+        let bpffs = state::bpffs_dir(&self.dir);
+        let chosen = spec.args.iter().any(|a| a.starts_with("--bpf-pin-dir"))
+            || spec.env.iter().any(|(k, _)| k == "WEFT_BPF_PIN_DIR");
+        if !chosen && crate::kernel::bpf::is_bpffs(&bpffs) {
+            spec.args.push("--bpf-pin-dir".into());
+            spec.args.push(bpffs.join(host).display().to_string());
         }
         let bin = agent::weft_bin(self.weft_bin.as_deref())?;
         let (subnet_file, log) = (self.subnet_file(host), self.agent_log(host));
@@ -1030,6 +1039,7 @@ pub fn down(name: &str) -> Result<Vec<String>> {
         }
     }
     netns::delete_namespaces(&existing)?;
+    state::unmount_bpffs(&dir);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(LabError::io(format!("removing {}", dir.display())))?;
     }

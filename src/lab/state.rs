@@ -134,6 +134,40 @@ impl LabState {
     }
 }
 
+/// The lab's own bpffs mount, `DIR/bpf`: each host's agent pins its VXLAN peer filter in
+/// `DIR/bpf/HOST` (as a real host's would in `/sys/fs/bpf/weft`).
+pub fn bpffs_dir(dir: &Path) -> PathBuf {
+    dir.join("bpf")
+}
+
+/// Mounts the lab's bpffs. A failure is only logged: the agents then filter in nft.
+pub fn mount_bpffs(dir: &Path) {
+    let at = bpffs_dir(dir);
+    let mounted = std::fs::create_dir_all(&at).map_err(|e| e.to_string()).and_then(|()| {
+        nix::mount::mount(
+            Some("bpf"),
+            &at,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| e.to_string())
+    });
+    if let Err(e) = mounted {
+        tracing::warn!(path = %at.display(), error = %e, "cannot mount a bpffs for the lab; agents filter VXLAN in nft");
+    }
+}
+
+/// Unmounts the lab's bpffs (its pins go with it), if it is mounted.
+pub fn unmount_bpffs(dir: &Path) {
+    let at = bpffs_dir(dir);
+    while crate::kernel::bpf::is_bpffs(&at) && at.exists() {
+        if nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+    }
+}
+
 /// Per-host files.
 pub fn host_dir(dir: &Path, host: &str) -> PathBuf {
     dir.join(host)

@@ -91,6 +91,7 @@ pub fn cleanup(lab: &mut weft::lab::Lab, host: &str, release: bool) -> String {
     lab.kill_agent(host, nix::sys::signal::Signal::SIGTERM).unwrap();
     let bin = weft_bin().display().to_string();
     let subnet_file = lab.subnet_file(host).display().to_string();
+    let pin_dir = lab.dir().join("bpf").join(host).display().to_string();
     let mut argv = vec![
         bin.as_str(),
         "agent",
@@ -101,6 +102,8 @@ pub fn cleanup(lab: &mut weft::lab::Lab, host: &str, release: bool) -> String {
         "eth0",
         "--subnet-file",
         &subnet_file,
+        "--bpf-pin-dir",
+        &pin_dir,
     ];
     if release {
         argv.push("--release");
