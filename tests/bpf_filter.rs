@@ -49,6 +49,16 @@ fn stranger_sends(lab: &Lab, to: Ipv4Addr) {
     std::thread::sleep(Duration::from_millis(200));
 }
 
+/// The `filter` line of `weft status` in the host.
+fn status_filter(lab: &Lab, host: &str) -> String {
+    let bin = weft_bin().display().to_string();
+    let text = sh(lab, host, &[&bin, "status"]);
+    text.lines()
+        .find(|l| l.starts_with("filter "))
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn has_input_chain(lab: &Lab, host: &str) -> bool {
     sh(lab, host, &["nft", "list", "table", "ip", "weft"]).contains("chain input")
 }
@@ -97,6 +107,11 @@ async fn the_bpf_filter_outlives_its_agent_and_gives_way_to_nft_when_the_port_is
     let stats = pinger.stop().unwrap();
     assert!(stats.sent > 20, "{stats:?}");
     assert_eq!(stats.lost, 0, "a peer's pings were lost across the restart: {stats:?}");
+    let line = status_filter(&lab, "h1");
+    assert!(
+        line.contains("bpf sk_lookup program: VXLAN only from 1 peers"),
+        "{line}"
+    );
 
     // 3. The link's pin removed by hand: back at the next resync, still filtering.
     std::fs::remove_file(pin_dir(&lab, "h1").join("link")).unwrap();
@@ -124,6 +139,8 @@ async fn the_bpf_filter_outlives_its_agent_and_gives_way_to_nft_when_the_port_is
     let before = vxlan_dropped(&lab, "h1", "weft");
     stranger_sends(&lab, h1);
     assert_eq!(vxlan_dropped(&lab, "h1", "weft") - before, BURST, "nft drops strangers");
+    let line = status_filter(&lab, "h1");
+    assert!(line.contains("nft table weft: VXLAN only from 1 peers"), "{line}");
     assert!(lab.check().await.unwrap().ok());
 
     // ... and back once it is gone.

@@ -40,8 +40,12 @@ pub(super) struct FirewallKeeper {
     dropped: u64,
     /// Set by the nft task when a deferred set update failed.
     deferred_failed: Arc<AtomicBool>,
-    /// The table's own counter as last read.
-    nft_dropped_cache: u64,
+    /// The kernel's drop counters as last read: the table's and the BPF program's (`None`:
+    /// not read since it was attached). The metric grows by what they grew.
+    nft_dropped_seen: Option<u64>,
+    bpf_dropped_seen: Option<u64>,
+    /// The table's counter as listed at the last full check.
+    nft_dropped_now: u64,
     /// The peer filter as a BPF program, while this network filters there.
     bpf: Option<PeerFilter>,
     /// Why the BPF filter is not used, as last logged (logged once per reason).
@@ -64,6 +68,18 @@ impl FilterPlace {
             FilterPlace::Bpf => "bpf",
         }
     }
+}
+
+/// How much a kernel counter grew since `seen` (all of it if it started over: a table
+/// recreated, a program attached anew); `now` `None` (not readable, or no program) forgets it.
+fn growth(seen: &mut Option<u64>, now: Option<u64>) -> u64 {
+    let grown = match (*seen, now) {
+        (Some(s), Some(n)) if n >= s => n - s,
+        (_, Some(n)) => n,
+        (_, None) => 0,
+    };
+    *seen = now;
+    grown
 }
 
 /// The BPF filter after an ensure: how it was attached (`None`: it already was), and the peers
@@ -151,15 +167,16 @@ impl FirewallKeeper {
             }
         }
         if checked {
-            let bpf_dropped = match &self.bpf {
-                Some(f) => f.dropped().unwrap_or_else(|e| {
-                    warn!(error = %e, "cannot read the BPF peer filter's drop counter");
-                    0
-                }),
-                None => 0,
+            let bpf_now = match &self.bpf {
+                Some(f) => f
+                    .dropped()
+                    .map_err(|e| warn!(error = %e, "cannot read the BPF peer filter's drop counter"))
+                    .ok(),
+                None => None,
             };
-            self.dropped = self.nft_dropped_cache + bpf_dropped;
-            metrics.set_vxlan_dropped(self.dropped);
+            metrics.add_vxlan_dropped(growth(&mut self.nft_dropped_seen, Some(self.nft_dropped_now)));
+            metrics.add_vxlan_dropped(growth(&mut self.bpf_dropped_seen, bpf_now));
+            self.dropped = self.nft_dropped_now + bpf_now.unwrap_or(0);
         }
         Ok(())
     }
@@ -167,6 +184,10 @@ impl FirewallKeeper {
     /// Attaches (or takes over) the BPF filter and makes its peers `spec.peers`; false if it
     /// cannot be used (logged once per reason), and the nft rule must filter.
     async fn ensure_bpf(&mut self, dir: &Path, spec: &FirewallSpec, reread: bool, metrics: &Metrics) -> bool {
+        // Refused (no bpffs, say): tried again at resyncs only, not at every reconcile.
+        if self.bpf_refused.is_some() && !reread {
+            return false;
+        }
         let (dir_buf, port, peers) = (dir.to_path_buf(), spec.vxlan_port, spec.peers.clone());
         let current = self.bpf.take();
         let work = move || -> Result<BpfEnsured, BpfError> {
@@ -334,7 +355,7 @@ impl FirewallKeeper {
             Applied::Rewritten => warn!(table = %spec.table, "nft: table was changed by hand; repaired"),
         }
         // The counter as listed before the write (a rewrite keeps its value).
-        self.nft_dropped_cache = dropped;
+        self.nft_dropped_now = dropped;
         self.written = Some(spec);
         self.check_due = false;
         Ok(true)
@@ -403,5 +424,59 @@ impl Agent {
         }
         self.offload_done_for = Some(link.index);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metric_grows_by_what_the_counters_grew() {
+        let mut seen = None;
+        assert_eq!(
+            growth(&mut seen, Some(7)),
+            7,
+            "first read: all of it (kept across restarts)"
+        );
+        assert_eq!(growth(&mut seen, Some(7)), 0);
+        assert_eq!(growth(&mut seen, Some(10)), 3);
+        assert_eq!(growth(&mut seen, Some(2)), 2, "started over: a recreated table");
+        assert_eq!(growth(&mut seen, None), 0, "program detached");
+        assert_eq!(seen, None);
+        assert_eq!(growth(&mut seen, Some(4)), 4, "attached anew");
+    }
+
+    #[test]
+    fn only_the_default_network_filtering_a_port_of_its_own_uses_bpf() {
+        let dir = Path::new("/sys/fs/bpf/weft");
+        let spec = FirewallSpec {
+            table: "weft".into(),
+            vxlan_port: 8472,
+            peers: Default::default(),
+            filter_vxlan: true,
+            vni: None,
+            exempt_vnis: Default::default(),
+            l3: None,
+        };
+        assert_eq!(bpf_candidate(&spec, BpfRole::Owner(Some(dir))), Some(dir));
+        assert_eq!(bpf_candidate(&spec, BpfRole::Owner(None)), None, "--bpf-pin-dir=none");
+        assert_eq!(bpf_candidate(&spec, BpfRole::None), None, "not the owner");
+        let off = FirewallSpec {
+            filter_vxlan: false,
+            ..spec.clone()
+        };
+        assert_eq!(bpf_candidate(&off, BpfRole::Owner(Some(dir))), None);
+        let shared = FirewallSpec {
+            exempt_vnis: [100].into(),
+            ..spec.clone()
+        };
+        assert_eq!(
+            bpf_candidate(&shared, BpfRole::Owner(Some(dir))),
+            None,
+            "a named network shares the port"
+        );
+        let named = FirewallSpec { vni: Some(100), ..spec };
+        assert_eq!(bpf_candidate(&named, BpfRole::Owner(Some(dir))), None);
     }
 }

@@ -274,12 +274,10 @@ impl Metrics {
         self.registry.cni_requests.get_or_create(&l).inc();
     }
 
-    /// Brings the dropped-VXLAN counter up to the kernel's count (which only grows, except
-    /// when the table is recreated from scratch).
-    pub fn set_vxlan_dropped(&self, kernel_count: u64) {
-        let have = self.vxlan_dropped.get();
-        if kernel_count > have {
-            self.vxlan_dropped.inc_by(kernel_count - have);
+    /// Adds VXLAN datagrams the filter dropped since its counters were last read.
+    pub fn add_vxlan_dropped(&self, n: u64) {
+        if n > 0 {
+            self.vxlan_dropped.inc_by(n);
         }
     }
 
