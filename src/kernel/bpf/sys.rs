@@ -17,10 +17,10 @@ const OBJ_PIN: u32 = 6;
 const OBJ_GET: u32 = 7;
 const PROG_GET_FD_BY_ID: u32 = 13;
 const OBJ_GET_INFO_BY_FD: u32 = 15;
-const LINK_GET_FD_BY_ID: u32 = 30;
-const LINK_GET_NEXT_ID: u32 = 31;
 const LINK_CREATE: u32 = 28;
 const LINK_UPDATE: u32 = 29;
+const LINK_GET_FD_BY_ID: u32 = 30;
+const LINK_GET_NEXT_ID: u32 = 31;
 const LINK_DETACH: u32 = 34;
 
 pub const MAP_TYPE_HASH: u32 = 1;
