@@ -1006,8 +1006,10 @@ fn markdown(r: &Value) -> Vec<(&'static str, String)> {
     s += "| lease contention, 50 agents at once against etcd (part 5) | see [its section](#5-lease-contention-etcd) | ≤ 3 s | |\n\n";
     if dp.is_object() {
         s += "Data-plane ratios: of the medians, then in brackets the median of the per-round ratios and \
-              its 95 % interval (from the rounds' order statistics). A ratio meets its target only when \
-              the whole interval is on the right side of it.\n\n";
+              its 95 % interval (from the rounds' order statistics). An interval wholly on the right \
+              side of a target proves it met, one wholly on the left proves it missed, one that holds the \
+              target decides nothing; a run of fewer than 6 rounds has none. Part 1's deciding run is \
+              the 60-round UDP 64 B one in \"Target misses and why\".\n\n";
     }
     blocks.push(("weft-bench:summary", std::mem::take(&mut s)));
 
