@@ -50,6 +50,8 @@ pub(super) struct FirewallKeeper {
     bpf: Option<PeerFilter>,
     /// Why the BPF filter is not used, as last logged (logged once per reason).
     bpf_refused: Option<String>,
+    /// Why detaching BPF filters failed, as last logged (logged once per reason).
+    bpf_remove_failed: Option<String>,
 }
 
 /// Where the peer filter runs, for `/status`.
@@ -235,9 +237,11 @@ impl FirewallKeeper {
                 true
             }
             Err(e) => {
-                metrics.kernel_op("bpf", "update", false);
                 let why = e.to_string();
+                // Counted (and logged) once per reason: without bpffs, filtering in nft is a
+                // place, not a fault that should keep an error-rate alert firing.
                 if self.bpf_refused.as_deref() != Some(why.as_str()) {
+                    metrics.kernel_op("bpf", "update", false);
                     warn!(pin_dir = %dir.display(), error = %why, "VXLAN peer filter: BPF not usable; filtering in nft");
                     self.bpf_refused = Some(why);
                 }
@@ -261,7 +265,11 @@ impl FirewallKeeper {
             Ok(n)
         };
         let shown = dir.map(|d| d.display().to_string()).unwrap_or_else(|| "none".into());
-        match tokio::task::spawn_blocking(work).await {
+        let result = tokio::task::spawn_blocking(work).await;
+        if result.as_ref().is_ok_and(|r| r.is_ok()) {
+            self.bpf_remove_failed = None;
+        }
+        match result {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => {
                 metrics.kernel_op("bpf", "remove", true);
@@ -274,7 +282,11 @@ impl FirewallKeeper {
             }
             Ok(Err(e)) => {
                 metrics.kernel_op("bpf", "remove", false);
-                warn!(pin_dir = %shown, error = %e, "cannot detach the BPF peer filter")
+                let why = e.to_string();
+                if self.bpf_remove_failed.as_deref() != Some(why.as_str()) {
+                    warn!(pin_dir = %shown, error = %why, "cannot detach the BPF peer filter");
+                    self.bpf_remove_failed = Some(why);
+                }
             }
             Err(e) => warn!(error = %e, "BPF removal task failed"),
         }
