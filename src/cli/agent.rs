@@ -142,6 +142,8 @@ fn one_malloc_arena() {
 }
 
 async fn run(args: AgentArgs, argv: Vec<std::ffi::OsString>) -> Result<()> {
+    // First of all: until the handlers exist, SIGTERM's default action kills the agent outright.
+    let shutdown = shutdown_signal();
     let args = if args.config.is_some() || args.print_config {
         use clap::{CommandFactory, FromArgMatches};
         let layered = super::config_file::layer(AgentCommand::command(), &argv, args.config.as_deref())?;
@@ -202,7 +204,7 @@ async fn run(args: AgentArgs, argv: Vec<std::ffi::OsString>) -> Result<()> {
         }
         return Ok(());
     }
-    agent::run(opts, shutdown_signal()).await?;
+    agent::run(opts, shutdown).await?;
     Ok(())
 }
 
@@ -215,16 +217,22 @@ fn parse_network_name(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// the future is first polled: the supervisor polls it only once its first store listing is
+/// done, and a SIGTERM before that used to kill the agent (the default action) instead of
+/// stopping it in order.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            _ => std::future::pending().await,
         }
-        _ => std::future::pending().await,
     }
 }
