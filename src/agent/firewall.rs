@@ -54,24 +54,6 @@ pub(super) struct FirewallKeeper {
     bpf_remove_failed: Option<String>,
 }
 
-/// Where the peer filter runs, for `/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FilterPlace {
-    Off,
-    Nft,
-    Bpf,
-}
-
-impl FilterPlace {
-    fn as_str(self) -> &'static str {
-        match self {
-            FilterPlace::Off => "off",
-            FilterPlace::Nft => "nft",
-            FilterPlace::Bpf => "bpf",
-        }
-    }
-}
-
 /// How much a kernel counter grew since `seen` (all of it if it started over: a table
 /// recreated, a program attached anew); `now` `None` (not readable, or no program) forgets it.
 fn growth(seen: &mut Option<u64>, now: Option<u64>) -> u64 {
@@ -117,23 +99,18 @@ impl FirewallKeeper {
     /// The filter for `/status`, once the table was written.
     pub fn status(&self) -> Option<VxlanFilterStatus> {
         let w = self.written.as_ref()?;
-        let place = self.filter_place();
+        let place = match (&self.bpf, w.filter_vxlan) {
+            (Some(_), _) => "bpf",
+            (None, true) => "nft",
+            (None, false) => "off",
+        };
         Some(VxlanFilterStatus {
             table: w.table.clone(),
-            enabled: place != FilterPlace::Off,
+            enabled: place != "off",
             peers: w.peers.len(),
             dropped: self.dropped,
-            place: place.as_str().into(),
+            place: place.into(),
         })
-    }
-
-    /// Where the peer filter runs now.
-    fn filter_place(&self) -> FilterPlace {
-        match (&self.bpf, &self.written) {
-            (Some(_), _) => FilterPlace::Bpf,
-            (None, Some(w)) if w.filter_vxlan => FilterPlace::Nft,
-            _ => FilterPlace::Off,
-        }
     }
 
     /// The next [`FirewallKeeper::ensure`] checks the whole table (resync).

@@ -82,7 +82,7 @@ pub struct L2Status {
 /// from its peers (an L2 network's: the other hosts with endpoints).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VxlanFilterStatus {
-    /// `weft-NAME`.
+    /// `weft` (the default network) or `weft-NAME`.
     pub table: String,
     /// `--vxlan-peer-filter`: whether VXLAN from anything but a peer is dropped.
     pub enabled: bool,

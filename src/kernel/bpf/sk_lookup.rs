@@ -221,7 +221,10 @@ pub fn detach_strays(keep: Option<&PeerFilter>) -> Result<usize, BpfError> {
     let mut n = 0;
     for link in sys::links()? {
         let Ok(info) = sys::link_info(&link) else { continue };
-        if u64::from(info.netns_ino) != ino || info.attach_type != ATTACH_SK_LOOKUP || Some(info.prog_id) == keep_prog {
+        let sk_lookup_here = info.link_type == sys::LINK_TYPE_NETNS
+            && u64::from(info.netns_ino) == ino
+            && info.attach_type == ATTACH_SK_LOOKUP;
+        if !sk_lookup_here || Some(info.prog_id) == keep_prog {
             continue;
         }
         if sys::prog_name(info.prog_id).is_ok_and(|name| name == PROG_NAME) {
@@ -232,8 +235,8 @@ pub fn detach_strays(keep: Option<&PeerFilter>) -> Result<usize, BpfError> {
     Ok(n)
 }
 
-/// The drop counter of the filter pinned in `dir` (for tests and offline views), `None` if
-/// nothing is pinned there.
+/// The drop counter of the filter pinned in `dir` (what the tests read), `None` if nothing is
+/// pinned there.
 pub fn pinned_dropped(dir: &Path) -> Result<Option<u64>, BpfError> {
     let Some(map) = sys::obj_get(&dir.join(PIN_DROPPED))? else {
         return Ok(None);

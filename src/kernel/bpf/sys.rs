@@ -316,9 +316,14 @@ struct InfoByFd {
     info: u64,
 }
 
+/// `bpf_link_info.type` of a network-namespace link.
+pub const LINK_TYPE_NETNS: u32 = 5;
+
 /// What `struct bpf_link_info` says of a network-namespace link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetnsLinkInfo {
+    /// The link's kind: the other fields mean what they say only for [`LINK_TYPE_NETNS`].
+    pub link_type: u32,
     pub prog_id: u32,
     /// The namespace's inode; 0 once that namespace is gone.
     pub netns_ino: u32,
@@ -338,6 +343,7 @@ pub fn link_info(link: &OwnedFd) -> Result<NetnsLinkInfo, BpfError> {
     };
     bpf(OBJ_GET_INFO_BY_FD, &mut attr, "link info", "netns")?;
     Ok(NetnsLinkInfo {
+        link_type: info[0],
         prog_id: info[2],
         netns_ino: info[4],
         attach_type: info[5],
