@@ -63,8 +63,8 @@ pub struct AgentArgs {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub ip_masq: bool,
 
-    /// Accept VXLAN only from current peers' public IPs (an nftables set that follows the leases;
-    /// in an L2 network, the hosts with endpoints).
+    /// Accept VXLAN only from current peers' public IPs (a set that follows the leases; in an L2
+    /// network, the hosts with endpoints), in nft or as a BPF program (see --bpf-pin-dir).
     #[arg(long, env = "WEFT_VXLAN_PEER_FILTER", default_value_t = true, action = clap::ArgAction::Set)]
     pub vxlan_peer_filter: bool,
 
@@ -80,7 +80,8 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_TX_CHECKSUM_OFFLOAD", value_enum, default_value_t = OffloadArg::Auto)]
     pub tx_checksum_offload: OffloadArg,
 
-    /// Remove what weft set up on this host (nft table, routes, device, subnet.env) and exit.
+    /// Remove what weft set up on this host (nft table, BPF peer filter, routes, device,
+    /// subnet.env) and exit.
     #[arg(long)]
     pub cleanup: bool,
 
